@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ruamel.yaml import YAML
 
 PARAMS_FILE = "params.yaml"
 PROFILES_DIR = "profiles"
@@ -63,25 +64,35 @@ def available_profiles(root: Path | None = None) -> list[str]:
 
 
 def apply_profile(name: str, root: Path | None = None) -> dict:
-    """Rewrite ``params.yaml`` with profile ``name`` applied over the current values; returns the new params."""
+    """Rewrite ``params.yaml`` with profile ``name`` applied over the current values; returns the new params.
+
+    The file is edited in place with a round-trip YAML parser, so comments and key order survive and switching
+    back to ``tiny`` restores the committed file byte for byte.
+    """
     root = root or project_root()
     overlay_path = root / PROFILES_DIR / f"{name}.yaml"
     if not overlay_path.exists():
         raise ValueError(f"unknown profile {name!r}; available: {available_profiles(root)}")
-    with open(overlay_path) as f:
-        overlay = yaml.safe_load(f) or {}
-    tiny = yaml.safe_load((root / PROFILES_DIR / "tiny.yaml").read_text()) or {}
+    rt = YAML()
+    rt.width = 110
+    rt.indent(mapping=2, sequence=4, offset=2)
+    with open(root / PARAMS_FILE) as f:
+        doc = rt.load(f)
     # Reset every profile-dependent key to tiny first, so profiles do not leak into each other.
-    params = deep_merge(deep_merge(load_params(root), tiny), overlay)
-    params["profile"] = name
-    dump_params(params, root)
-    return params
+    for layer in (root / PROFILES_DIR / "tiny.yaml", overlay_path):
+        _merge_in_place(doc, yaml.safe_load(layer.read_text()) or {})
+    doc["profile"] = name
+    with open(root / PARAMS_FILE, "w") as f:
+        rt.dump(doc, f)
+    return load_params(root)
 
 
-def dump_params(params: dict, root: Path | None = None) -> None:
-    root = root or project_root()
-    text = yaml.safe_dump(params, sort_keys=False, default_flow_style=None, width=110)
-    (root / PARAMS_FILE).write_text(text)
+def _merge_in_place(doc: dict, overlay: dict) -> None:
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            _merge_in_place(doc[key], value)
+        else:
+            doc[key] = copy.deepcopy(value)
 
 
 def get(params: dict, dotted: str, default: Any = None) -> Any:

@@ -1,0 +1,55 @@
+"""Profiles: switching rewrites params.yaml, switching back restores it exactly, profiles do not leak."""
+
+import shutil
+
+import pytest
+import yaml
+
+from llava_ov.params import apply_profile, available_profiles, deep_merge, load_params
+from tests.project import REPO
+
+
+@pytest.fixture()
+def project(tmp_path):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    return tmp_path
+
+
+def _keys(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            yield from _keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def test_every_profile_switches_and_back(project):
+    original = (project / "params.yaml").read_text()
+    assert set(available_profiles(project)) >= {"tiny", "smoke", "4b", "8b"}
+    for name in ["smoke", "4b", "8b", "smoke"]:
+        params = apply_profile(name, project)
+        assert params["profile"] == name
+        overlay = yaml.safe_load((project / "profiles" / f"{name}.yaml").read_text())
+        assert deep_merge(params, overlay) == params  # every overlay key is in force
+    apply_profile("tiny", project)
+    assert (project / "params.yaml").read_text() == original  # byte for byte: comments and order survive
+
+
+def test_tiny_overlay_covers_every_overridden_key(project):
+    tiny = set(_keys(yaml.safe_load((project / "profiles" / "tiny.yaml").read_text())))
+    for name in available_profiles(project):
+        overlay = yaml.safe_load((project / "profiles" / f"{name}.yaml").read_text()) or {}
+        missing = set(_keys(overlay)) - tiny
+        assert not missing, f"profiles/{name}.yaml overrides {sorted(missing)} which profiles/tiny.yaml lacks"
+
+
+def test_params_yaml_is_the_tiny_profile(project):
+    params = load_params(project)
+    tiny = yaml.safe_load((project / "profiles" / "tiny.yaml").read_text())
+    assert deep_merge(params, tiny) == params, "params.yaml on main must hold the tiny (default) profile"
+
+
+def test_unknown_profile_is_a_clear_error(project):
+    with pytest.raises(ValueError, match="unknown profile 'huge'"):
+        apply_profile("huge", project)
