@@ -88,8 +88,9 @@ def apply_profile(name: str, root: Path | None = None) -> dict:
 
 
 def _merge_in_place(doc: dict, overlay: dict) -> None:
+    """Merge ``overlay`` into ``doc``; non-empty mappings merge key by key, anything else (``{}`` too) replaces."""
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(doc.get(key), dict):
             _merge_in_place(doc[key], value)
         else:
             doc[key] = copy.deepcopy(value)
