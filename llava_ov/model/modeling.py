@@ -1,0 +1,131 @@
+"""LLaVA-OneVision-1.5 as a transformers ``PreTrainedModel`` (no ``trust_remote_code`` needed).
+
+State-dict layout is the released checkpoints': ``model.visual.*`` (RICE ViT + merger), ``model.language_model.*``
+(transformers' Qwen3), ``lm_head``. Packed batches: pass ``cu_seqlens`` (sample boundaries over the flattened
+batch) and ``position_ids`` that restart per sample; attention then never crosses samples.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel, Qwen3Model
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from llava_ov.model.configuration import LlavaOV15Config, RiceVisionConfig
+from llava_ov.model.rice_vit import RiceVisionModel, block_diagonal_mask
+
+
+class LlavaOV15PreTrainedModel(PreTrainedModel):
+    config_class = LlavaOV15Config
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["VisionBlock", "Qwen3DecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.vision_config.initializer_range
+        if isinstance(module, RiceVisionModel):
+            nn.init.normal_(module.class_embedding, std=std)
+            nn.init.normal_(module.class_pos_emb, std=std)
+            module.inv_freq.copy_(1.0 / module.cfg.rope_theta ** (
+                torch.arange(0, module.inv_freq.numel() * 2, 2).float() / (module.inv_freq.numel() * 2)))
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+
+class LlavaOV15Model(LlavaOV15PreTrainedModel):
+    def __init__(self, config: LlavaOV15Config) -> None:
+        super().__init__(config)
+        self.visual = RiceVisionModel(config.vision_config)
+        self.language_model = Qwen3Model._from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.embed_tokens = value
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+              image_grid_thw: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with image features scattered into the ``<|image_pad|>`` positions."""
+        embeds = self.language_model.embed_tokens(input_ids)
+        slots = input_ids == self.config.image_token_id
+        n_slots = int(slots.sum())
+        if pixel_values is None:
+            if n_slots:
+                raise ValueError(f"input has {n_slots} <|image_pad|> tokens but no pixel_values")
+            return embeds
+        features = self.visual(pixel_values, image_grid_thw).to(embeds.dtype)
+        if features.shape[0] != n_slots:
+            raise ValueError(f"image features and <|image_pad|> tokens disagree: {features.shape[0]} merged patches "
+                             f"from grids {image_grid_thw.tolist()} but {n_slots} pad tokens in input_ids; expand each "
+                             f"image's pad to (h*w)/4 tokens with the same image processor settings")
+        return embeds.masked_scatter(slots[..., None], features)
+
+
+def packed_causal_mask(cu_seqlens: torch.Tensor, batch: int, length: int, device: torch.device) -> torch.Tensor:
+    """Boolean [B, 1, L, L]: causal inside each packed sample, nothing across samples."""
+    same = block_diagonal_mask(cu_seqlens, batch * length, device).view(batch, length, batch, length)
+    same = same.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [B, L, L]: each row's own block
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    return (same & causal)[:, None]
+
+
+class LlavaOV15ForConditionalGeneration(LlavaOV15PreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: LlavaOV15Config) -> None:
+        super().__init__(config)
+        self.model = LlavaOV15Model(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def forward(self, input_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                image_grid_thw: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+                past_key_values=None, inputs_embeds: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                use_cache: bool | None = None, logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
+        if inputs_embeds is None:
+            inputs_embeds = self.model.embed(input_ids, pixel_values, image_grid_thw)
+        if cu_seqlens is not None:
+            batch, length = inputs_embeds.shape[:2]
+            attention_mask = packed_causal_mask(cu_seqlens, batch, length, inputs_embeds.device)
+        out = self.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                        position_ids=position_ids, past_key_values=past_key_values,
+                                        use_cache=use_cache, **kwargs)
+        hidden = out.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, pixel_values=None,
+                                      image_grid_thw=None, **kwargs):
+        inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
+        first_step = past_key_values is None or past_key_values.get_seq_length() == 0
+        if first_step:
+            inputs["pixel_values"], inputs["image_grid_thw"] = pixel_values, image_grid_thw
+        return inputs
+
+
+AutoConfig.register(LlavaOV15Config.model_type, LlavaOV15Config)
+AutoConfig.register(RiceVisionConfig.model_type, RiceVisionConfig)
+AutoModelForCausalLM.register(LlavaOV15Config, LlavaOV15ForConditionalGeneration)

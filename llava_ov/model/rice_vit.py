@@ -1,0 +1,160 @@
+"""RICE ViT with the LLaVA-OV-1.5 patch merger: native resolution, many images per forward.
+
+Read top to bottom: patches (already in 2×2-window order) are embedded by a bias-free conv; every image gets a
+learned CLS token, whose rotary angle is learned too (``class_pos_emb``), while patches get 2D RoPE from their
+(row, col). All images go through the blocks as one sequence with block-diagonal attention, so no image sees
+another. CLS outputs are dropped and each 2×2 window of patch features is merged into one LLM token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llava_ov.model.configuration import RiceVisionConfig
+
+try:  # flash-attn varlen on GPU when installed (the `gpu` extra); SDPA with a block mask otherwise
+    from flash_attn import flash_attn_varlen_func
+except ImportError:  # pragma: no cover - depends on the machine
+    flash_attn_varlen_func = None
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [T, heads, head_dim] by ``angles`` [T, head_dim/2] (duplicated to head_dim)."""
+    emb = torch.cat((angles, angles), dim=-1)[:, None, :]
+    return (x.float() * emb.cos() + rotate_half(x.float()) * emb.sin()).to(x.dtype)
+
+
+def patch_rows_cols(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
+    """(row, col) of every patch of every image, in 2×2-window order: [P, 2]."""
+    out = []
+    for t, h, w in grid_thw.tolist():
+        rows = torch.arange(h).view(h // merge, merge, 1, 1).expand(-1, -1, w // merge, merge)
+        cols = torch.arange(w).view(1, 1, w // merge, merge).expand(h // merge, merge, -1, -1)
+        pos = torch.stack([rows.permute(0, 2, 1, 3).reshape(-1), cols.permute(0, 2, 1, 3).reshape(-1)], -1)
+        out.append(pos.repeat(t, 1))
+    return torch.cat(out)
+
+
+def block_diagonal_mask(cu_seqlens: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
+    """Boolean [total, total] mask, True where query and key are in the same segment."""
+    seg = torch.zeros(total, dtype=torch.long, device=device)
+    seg[cu_seqlens[1:-1].long()] = 1
+    seg = seg.cumsum(0)
+    return seg[:, None] == seg[None, :]
+
+
+class VisionAttention(nn.Module):
+    def __init__(self, cfg: RiceVisionConfig) -> None:
+        super().__init__()
+        self.heads = cfg.num_attention_heads
+        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=True)
+        self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=True)
+
+    def forward(self, x: torch.Tensor, angles: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        t = x.shape[0]
+        q, k, v = self.qkv(x).view(t, 3, self.heads, self.head_dim).unbind(1)
+        q, k = apply_rotary(q, angles), apply_rotary(k, angles)
+        if flash_attn_varlen_func is not None and x.is_cuda:
+            max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+            out = flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len)
+        else:
+            mask = block_diagonal_mask(cu_seqlens, t, x.device)
+            out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
+                                                 v.transpose(0, 1)[None], attn_mask=mask)[0].transpose(0, 1)
+        return self.proj(out.reshape(t, -1))
+
+
+class VisionMLP(nn.Module):
+    def __init__(self, cfg: RiceVisionConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class VisionBlock(nn.Module):
+    def __init__(self, cfg: RiceVisionConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.attn = VisionAttention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlp = VisionMLP(cfg)
+
+    def forward(self, x: torch.Tensor, angles: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), angles, cu_seqlens)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: RiceVisionConfig) -> None:
+        super().__init__()
+        self.channels, self.patch = cfg.in_channels, cfg.patch_size
+        self.proj = nn.Conv2d(cfg.in_channels, cfg.hidden_size, cfg.patch_size, cfg.patch_size, bias=False)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = pixel_values.view(-1, self.channels, self.patch, self.patch).to(self.proj.weight.dtype)
+        return self.proj(x).flatten(1)
+
+
+class PatchMerger(nn.Module):
+    """LayerNorm per patch, concatenate each 2×2 window, MLP (GELU) into the LLM's width."""
+
+    def __init__(self, cfg: RiceVisionConfig) -> None:
+        super().__init__()
+        merged = cfg.hidden_size * cfg.spatial_merge_size ** 2
+        self.ln_q = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlp = nn.Sequential(nn.Linear(merged, merged), nn.GELU(), nn.Linear(merged, cfg.out_hidden_size))
+        self.merged = merged
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.ln_q(x).view(-1, self.merged))
+
+
+class RiceVisionModel(nn.Module):
+    """``model.visual``: patches + grids in, one LLM-width feature per merged 2×2 window out."""
+
+    def __init__(self, cfg: RiceVisionConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.patch_embed = PatchEmbed(cfg)
+        self.class_embedding = nn.Parameter(torch.zeros(cfg.hidden_size))
+        self.class_pos_emb = nn.Parameter(torch.zeros(1, head_dim // 2))
+        self.register_buffer("inv_freq", 1.0 / cfg.rope_theta ** (torch.arange(0, head_dim // 2, 2).float()
+                                                                   / (head_dim // 2)), persistent=False)
+        self.pre_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.num_hidden_layers))
+        self.merger = PatchMerger(cfg)
+
+    def encode(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """Per-patch features after the last block (CLS dropped), before the merger: [P, hidden]."""
+        patches = self.patch_embed(pixel_values)
+        pos = patch_rows_cols(grid_thw, self.cfg.spatial_merge_size).to(patches.device)
+        patch_angles = torch.cat([pos[:, :1] * self.inv_freq, pos[:, 1:] * self.inv_freq], dim=-1)
+        sizes = (grid_thw[:, 0] * grid_thw[:, 1] * grid_thw[:, 2]).tolist()
+        tokens, angles = [], []
+        for feats, ang in zip(patches.split(sizes), patch_angles.split(sizes)):
+            tokens += [self.class_embedding[None].to(feats.dtype), feats]
+            angles += [self.class_pos_emb.float(), ang]
+        x = self.pre_layernorm(torch.cat(tokens))
+        angles = torch.cat(angles)
+        lengths = torch.tensor([n + 1 for n in sizes], device=x.device)
+        cu_seqlens = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        for block in self.blocks:
+            x = block(x, angles, cu_seqlens)
+        keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        keep[cu_seqlens[:-1].long()] = False  # drop each image's CLS
+        return x[keep]
+
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        return self.merger(self.encode(pixel_values, grid_thw))
