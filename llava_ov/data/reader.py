@@ -24,10 +24,13 @@ def index(art: Artifact, pools: tuple[str, ...] | None = None) -> list[dict]:
     return [r for r in rows if pools is None or r["pool"] in pools]
 
 
-def iter_samples(art: Artifact, pools: tuple[str, ...]) -> Iterator[tuple[dict, dict, list[bytes]]]:
-    """(index row, sample json, image bytes) for every kept sample of ``pools``, shard by shard."""
+def iter_samples(art: Artifact, pools: tuple[str, ...],
+                 shards: tuple[str, ...] | None = None) -> Iterator[tuple[dict, dict, list[bytes]]]:
+    """(index row, sample json, image bytes) for every kept sample of ``pools`` (optionally of some shards)."""
     by_shard: dict[str, dict[str, dict]] = {}
     for row in index(art, pools):
+        if shards is not None and row["shard"] not in shards:
+            continue
         by_shard.setdefault(row["shard"], {})[row["key"]] = row
     for shard in sorted(by_shard):
         wanted = by_shard[shard]

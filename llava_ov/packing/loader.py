@@ -1,0 +1,103 @@
+"""Packed batches for training: micro-batches of several packs, deterministic and resumable.
+
+Each micro-batch stacks ``micro_batch`` packs into ``[B, capacity]`` tensors (trailing padding), with labels on
+assistant tokens only, position ids restarting in every sample, ``cu_seqlens`` over the flattened batch (trailing
+padding of each pack is its own segment), and every image's patches and grid. The order of packs is a seeded
+permutation per epoch; ``state_dict()`` records the plan digest and position, and resuming on another plan fails.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from llava_ov.artifacts import Artifact
+from llava_ov.data.shards import read_shard
+from llava_ov.vision.image_processing import ImageProcessor
+
+IGNORE = -100
+
+
+def load_packs(art: Artifact) -> list[dict[str, bytes]]:
+    """All packed samples of a pack artifact, in plan order (a pack artifact is small enough to hold)."""
+    shards = json.loads((art / "shards.json").read_text())
+    packs = []
+    for name in shards:
+        packs += [raw.files for raw in read_shard(art / "shards" / f"{name}.tar")]
+    return packs
+
+
+def collate(packs: list[dict[str, bytes]], capacity: int, pad_id: int, processor: ImageProcessor) -> dict:
+    """Stack packed samples into one micro-batch (see module docstring)."""
+    b = len(packs)
+    input_ids = torch.full((b, capacity), pad_id, dtype=torch.long)
+    labels = torch.full((b, capacity), IGNORE, dtype=torch.long)
+    position_ids = torch.zeros((b, capacity), dtype=torch.long)
+    bounds, pixels, grids, sample_ids = [0], [], [], []
+    for row, files in enumerate(packs):
+        meta = json.loads(files["json"])
+        ids = torch.from_numpy(np.load(io.BytesIO(files["input_ids.npy"])).astype(np.int64))
+        mask = torch.from_numpy(np.load(io.BytesIO(files["loss_mask.npy"])).astype(bool))
+        n = len(ids)
+        input_ids[row, :n] = ids
+        labels[row, :n] = torch.where(mask, ids, IGNORE)
+        offset = 0
+        for length in meta["lengths"]:
+            position_ids[row, offset:offset + length] = torch.arange(length)
+            offset += length
+            bounds.append(row * capacity + offset)
+        if offset < capacity:  # trailing padding: its own segment, never trained on
+            position_ids[row, offset:] = torch.arange(capacity - offset)
+            bounds.append((row + 1) * capacity)
+        for i in range(len(meta["grids"])):
+            pv, grid = processor(files[f"{i}.png"])
+            pixels.append(torch.from_numpy(pv))
+            grids.append(grid)
+        sample_ids.append(meta["sample_ids"])
+    batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
+             "cu_seqlens": torch.tensor(bounds, dtype=torch.int32), "sample_ids": sample_ids}
+    if pixels:
+        batch["pixel_values"] = torch.cat(pixels)
+        batch["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
+    return batch
+
+
+class PackedLoader:
+    """Iterates micro-batches of a pack artifact forever (epoch after epoch), resumable by ``state_dict``."""
+
+    def __init__(self, art: Artifact, micro_batch: int, pad_id: int, processor: ImageProcessor,
+                 seed: int = 0) -> None:
+        self.art, self.micro_batch, self.pad_id, self.processor, self.seed = art, micro_batch, pad_id, processor, seed
+        self.capacity = int(art.meta["stats"]["capacity"])
+        self.packs = load_packs(art)
+        if not self.packs:
+            raise ValueError(f"pack artifact {art.path} has no packs")
+        self.epoch, self.position = 0, 0
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.packs))
+
+    def state_dict(self) -> dict:
+        return {"plan_digest": self.art.meta["stats"]["plan_digest"], "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.art.meta["stats"]["plan_digest"]
+        if state["plan_digest"] != mine:
+            raise ValueError(f"loader state is for plan {state['plan_digest']}, but {self.art.path} holds plan {mine}:"
+                             f" the data changed since the checkpoint; start the stage from scratch (delete its "
+                             f"checkpoints) instead of resuming")
+        self.epoch, self.position = state["epoch"], state["position"]
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            order = self._order(self.epoch)
+            while self.position + self.micro_batch <= len(order):
+                chosen = order[self.position:self.position + self.micro_batch]
+                self.position += self.micro_batch
+                yield collate([self.packs[i] for i in chosen], self.capacity, self.pad_id, self.processor)
+            self.epoch, self.position = self.epoch + 1, 0
