@@ -1,0 +1,64 @@
+"""Pretrain a tiny Qwen3 causal LM on the corpora's text with the pipeline's tokenizer.
+
+Documents are the conversations' text (image placeholders removed), joined with ``<|endoftext|>`` and cut into
+fixed-length sequences: plain next-token pretraining, as a base LLM would have had before the VLM recipe.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+
+def token_stream(tokenizer: PreTrainedTokenizerFast, documents: list[str]) -> torch.Tensor:
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    ids: list[int] = []
+    for doc in documents:
+        ids += tokenizer.encode(doc, add_special_tokens=False) + [eos]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def pretrain_llm(tokenizer: PreTrainedTokenizerFast, documents: list[str], cfg: dict,
+                 seed: int) -> tuple[Qwen3ForCausalLM, dict]:
+    torch.manual_seed(seed)
+    stream = token_stream(tokenizer, documents)
+    seq = cfg["seq_len"]
+    n_seq = len(stream) // seq
+    data = stream[: n_seq * seq].view(n_seq, seq)
+    held_out = data[-max(1, n_seq // 50):]
+    data = data[: len(data) - len(held_out)]
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=cfg["hidden_size"],
+                         intermediate_size=cfg["intermediate_size"], num_hidden_layers=cfg["num_hidden_layers"],
+                         num_attention_heads=cfg["num_attention_heads"],
+                         num_key_value_heads=cfg["num_key_value_heads"], head_dim=cfg["head_dim"],
+                         max_position_embeddings=cfg["max_position_embeddings"], tie_word_embeddings=False,
+                         rope_parameters={"rope_type": "default", "rope_theta": cfg["rope_theta"]},
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    model = Qwen3ForCausalLM(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.95), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg["lr"], total_steps=cfg["steps"], pct_start=0.05)
+    gen = torch.Generator().manual_seed(seed)
+    t0, losses = time.perf_counter(), []
+    model.train()
+    for _ in (bar := tqdm(range(cfg["steps"]), desc="llm_base")):
+        idx = torch.randint(0, len(data), (cfg["batch_size"],), generator=gen)
+        loss = model(input_ids=data[idx], labels=data[idx]).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    with torch.no_grad():
+        held = model(input_ids=held_out, labels=held_out).loss.item()
+    tail = max(1, len(losses) // 10)
+    return model, {"steps": cfg["steps"], "tokens": cfg["steps"] * cfg["batch_size"] * seq,
+                   "first_loss": round(losses[0], 4), "final_loss": round(float(np.mean(losses[-tail:])), 4),
+                   "held_out_loss": round(held, 4), "seconds": round(time.perf_counter() - t0, 2)}
