@@ -1,0 +1,1 @@
+"""Concept balancing (MetaCLIP-style curation): vocabulary, image-text encoder, top-k index, balanced sampling."""
