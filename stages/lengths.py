@@ -18,9 +18,13 @@ def main() -> None:
     t0 = time.perf_counter()
     ingest = open_ingest()
     tokenizer = open_artifact("artifacts/tokenizer", "tokenizer", 1)
+    balance = open_artifact("artifacts/balance", "balance", 1)
+    manifest = pq.read_table(balance / "manifest.parquet", columns=["sample_id", "selected"]).to_pylist()
+    keep = {"mid": {r["sample_id"] for r in manifest if r["selected"]}}  # the concept-balanced subset
     with ArtifactWriter("artifacts/lengths", KIND, SCHEMA, params={"lengths": cfg, "image": image},
-                        inputs={"ingest": ingest, "tokenizer": tokenizer}) as w:
-        table = compute_lengths(ingest.path, tokenizer.path, image, tuple(cfg["pools"]), workers=cfg["workers"])
+                        inputs={"ingest": ingest, "tokenizer": tokenizer, "balance": balance}) as w:
+        table = compute_lengths(ingest.path, tokenizer.path, image, tuple(cfg["pools"]), keep=keep,
+                                workers=cfg["workers"])
         pq.write_table(table, w.dir / "lengths.parquet", compression="zstd")
         totals = table.column("total").to_numpy()
         w.stats.update(samples=len(table), tokens=int(totals.sum()), max_total=int(totals.max()))
