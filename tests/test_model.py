@@ -36,34 +36,54 @@ def _sample(gen, grid, text_len):
     return ids, torch.randn(h * w, 588, generator=gen), torch.tensor([grid])
 
 
+def pack(samples, rows: list[list[int]], capacity: int):
+    """A packed batch (docs/interfaces.md): ``rows`` lists the samples of each pack; padding ends each row."""
+    ids = torch.zeros(len(rows), capacity, dtype=torch.long)
+    pos = torch.zeros(len(rows), capacity, dtype=torch.long)
+    bounds, spans = [0], {}
+    for r, members in enumerate(rows):
+        start = 0
+        for i in members:
+            s_ids = samples[i][0]
+            ids[r, start:start + len(s_ids)] = s_ids
+            pos[r, start:start + len(s_ids)] = torch.arange(len(s_ids))
+            spans[i] = (r, start, start + len(s_ids))
+            start += len(s_ids)
+            bounds.append(r * capacity + start)
+        pos[r, start:] = torch.arange(capacity - start)  # trailing padding is its own segment
+        if start < capacity:
+            bounds.append((r + 1) * capacity)
+    order = [i for members in rows for i in members]
+    return dict(input_ids=ids, position_ids=pos, cu_seqlens=torch.tensor(bounds, dtype=torch.int32),
+                pixel_values=torch.cat([samples[i][1] for i in order]),
+                image_grid_thw=torch.cat([samples[i][2] for i in order])), spans
+
+
 def test_packed_logits_equal_each_sample_alone(model):
     gen = torch.Generator().manual_seed(1)
     samples = [_sample(gen, (1, 4, 4), 5), _sample(gen, (1, 2, 6), 9), _sample(gen, (1, 6, 4), 3)]
-    alone = []
+    batch, spans = pack(samples, rows=[[0, 1], [2]], capacity=30)
     with torch.no_grad():
-        for ids, pv, grid in samples:
-            alone.append(model(input_ids=ids[None], pixel_values=pv, image_grid_thw=grid).logits[0])
-        capacity = sum(len(s[0]) for s in samples) + 4  # trailing padding
-        ids = torch.zeros(1, capacity, dtype=torch.long)
-        pos = torch.zeros(1, capacity, dtype=torch.long)
-        bounds, start = [0], 0
-        for s_ids, _, _ in samples:
-            ids[0, start:start + len(s_ids)] = s_ids
-            pos[0, start:start + len(s_ids)] = torch.arange(len(s_ids))
-            start += len(s_ids)
-            bounds.append(start)
-        pos[0, start:] = torch.arange(capacity - start)
-        bounds.append(capacity)
-        packed = model(input_ids=ids, position_ids=pos, cu_seqlens=torch.tensor(bounds, dtype=torch.int32),
-                       pixel_values=torch.cat([s[1] for s in samples]),
-                       image_grid_thw=torch.cat([s[2] for s in samples])).logits[0]
+        alone = [model(input_ids=ids[None], pixel_values=pv, image_grid_thw=grid).logits[0]
+                 for ids, pv, grid in samples]
+        packed = model(**batch).logits
     for i, ref in enumerate(alone):
-        torch.testing.assert_close(packed[bounds[i]:bounds[i + 1]], ref, atol=1e-5, rtol=1e-4)
-    # and packing is not trivially equal: without boundaries the later samples would differ
+        r, start, end = spans[i]
+        torch.testing.assert_close(packed[r, start:end], ref, atol=1e-5, rtol=1e-4)
+    # and packing is not trivially equal: without boundaries the second sample of a row would differ
     with torch.no_grad():
-        leaky = model(input_ids=ids, position_ids=pos, pixel_values=torch.cat([s[1] for s in samples]),
-                      image_grid_thw=torch.cat([s[2] for s in samples])).logits[0]
-    assert not torch.allclose(leaky[bounds[1]:bounds[2]], alone[1], atol=1e-3)
+        leaky = model(**{k: v for k, v in batch.items() if k != "cu_seqlens"}).logits
+    r, start, end = spans[1]
+    assert not torch.allclose(leaky[r, start:end], alone[1], atol=1e-3)
+
+
+def test_sample_spanning_two_rows_is_refused(model):
+    gen = torch.Generator().manual_seed(3)
+    samples = [_sample(gen, (1, 2, 2), 3)]
+    batch, _ = pack(samples, rows=[[0], []], capacity=8)
+    batch["cu_seqlens"] = torch.tensor([0, 7, 16], dtype=torch.int32)  # second segment crosses the row end
+    with pytest.raises(ValueError, match="may not span two rows"):
+        model(**batch)
 
 
 def released_keys(cfg: LlavaOV15Config) -> set[str]:

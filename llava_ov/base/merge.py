@@ -79,12 +79,7 @@ def merge(vit: MLCDVisionModel, llm: Qwen3ForCausalLM, token_ids: dict[str, int]
     state["lm_head.weight"] = (llm.state_dict().get("lm_head.weight")
                                if not llm.config.tie_word_embeddings else llm.model.embed_tokens.weight)
     merger = model.model.visual.merger
-    with torch.no_grad():
-        for linear in (merger.mlp[0], merger.mlp[2]):
-            torch.nn.init.normal_(linear.weight, std=0.02)
-            torch.nn.init.zeros_(linear.bias)
-        torch.nn.init.ones_(merger.ln_q.weight)
-        torch.nn.init.zeros_(merger.ln_q.bias)
+    merger.reset_parameters(std=0.02)
     state.update({f"model.visual.merger.{k}": v for k, v in merger.state_dict().items()})
     model.load_state_dict(state, strict=True)  # every released key filled, nothing left over
     return model.eval()

@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreT
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava_ov.model.configuration import LlavaOV15Config, RiceVisionConfig
-from llava_ov.model.rice_vit import RiceVisionModel, block_diagonal_mask
+from llava_ov.model.rice_vit import RiceVisionModel, segment_ids
 
 
 class LlavaOV15PreTrainedModel(PreTrainedModel):
@@ -68,14 +68,20 @@ class LlavaOV15Model(LlavaOV15PreTrainedModel):
         if features.shape[0] != n_slots:
             raise ValueError(f"image features and <|image_pad|> tokens disagree: {features.shape[0]} merged patches "
                              f"from grids {image_grid_thw.tolist()} but {n_slots} pad tokens in input_ids; expand each "
-                             f"image's pad to (h*w)/4 tokens with the same image processor settings")
+                             f"image's pad to h*w/{self.config.vision_config.spatial_merge_size ** 2} tokens with the same image "
+                             f"processor settings")
         return embeds.masked_scatter(slots[..., None], features)
 
 
 def packed_causal_mask(cu_seqlens: torch.Tensor, batch: int, length: int, device: torch.device) -> torch.Tensor:
     """Boolean [B, 1, L, L]: causal inside each packed sample, nothing across samples."""
-    same = block_diagonal_mask(cu_seqlens, batch * length, device).view(batch, length, batch, length)
-    same = same.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [B, L, L]: each row's own block
+    bounds = set(cu_seqlens.tolist())
+    rows = set(range(0, batch * length + 1, length))
+    if not rows <= bounds or max(bounds) != batch * length:
+        raise ValueError(f"cu_seqlens {cu_seqlens.tolist()} must cover the flattened {batch}x{length} batch and "
+                         f"include every row boundary {sorted(rows)}: a sample may not span two rows")
+    seg = segment_ids(cu_seqlens, batch * length, device).view(batch, length)
+    same = seg[:, :, None] == seg[:, None, :]  # [B, L, L]; a row's segments never span two rows
     causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
     return (same & causal)[:, None]
 

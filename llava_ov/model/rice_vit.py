@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llava_ov.model.configuration import RiceVisionConfig
+from llava_ov.model.merger import PatchMerger
 
 try:  # flash-attn varlen on GPU when installed (the `gpu` extra); SDPA with a block mask otherwise
     from flash_attn import flash_attn_varlen_func
@@ -42,11 +43,16 @@ def patch_rows_cols(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def block_diagonal_mask(cu_seqlens: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
-    """Boolean [total, total] mask, True where query and key are in the same segment."""
+def segment_ids(cu_seqlens: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
+    """Segment index of each of ``total`` tokens, from boundaries ``cu_seqlens`` (0, ..., total): [total]."""
     seg = torch.zeros(total, dtype=torch.long, device=device)
     seg[cu_seqlens[1:-1].long()] = 1
-    seg = seg.cumsum(0)
+    return seg.cumsum(0)
+
+
+def block_diagonal_mask(cu_seqlens: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
+    """Boolean [total, total] mask, True where query and key are in the same segment."""
+    seg = segment_ids(cu_seqlens, total, device)
     return seg[:, None] == seg[None, :]
 
 
@@ -104,20 +110,6 @@ class PatchEmbed(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = pixel_values.view(-1, self.channels, self.patch, self.patch).to(self.proj.weight.dtype)
         return self.proj(x).flatten(1)
-
-
-class PatchMerger(nn.Module):
-    """LayerNorm per patch, concatenate each 2×2 window, MLP (GELU) into the LLM's width."""
-
-    def __init__(self, cfg: RiceVisionConfig) -> None:
-        super().__init__()
-        merged = cfg.hidden_size * cfg.spatial_merge_size ** 2
-        self.ln_q = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.mlp = nn.Sequential(nn.Linear(merged, merged), nn.GELU(), nn.Linear(merged, cfg.out_hidden_size))
-        self.merged = merged
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.ln_q(x).view(-1, self.merged))
 
 
 class RiceVisionModel(nn.Module):
