@@ -1,36 +1,34 @@
 """DVC stage `llm_base`: pretrain the tiny Qwen3 (tiny) or import Qwen3-4B/8B from a local folder (4b/8b)."""
 
 import torch
-from transformers import AutoTokenizer, Qwen3ForCausalLM
+from transformers import AutoTokenizer
 
 from llava_ov.artifacts import ArtifactWriter, open_artifact, write_json
 from llava_ov.base.llm_pretrain import pretrain_llm
+from llava_ov.base.sources import import_llm
 from llava_ov.data.reader import iter_samples, open_ingest
-from llava_ov.params import load_params
+from llava_ov.params import section
 from llava_ov.text.template import PLACEHOLDER
 
 KIND, SCHEMA = "llm", 1
 
 
 def main() -> None:
-    params = load_params()
-    cfg = params["llm_base"]
+    cfg, seed = section("llm_base"), section("seed")
     torch.set_num_threads(cfg.get("threads", 2))
     tokenizer_art = open_artifact("artifacts/tokenizer", "tokenizer", 1)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_art.path)
-    with ArtifactWriter("artifacts/llm_base", KIND, SCHEMA, params={"llm_base": cfg},
+    with ArtifactWriter("artifacts/llm_base", KIND, SCHEMA, params={"llm_base": cfg, "seed": seed},
                         inputs={"tokenizer": tokenizer_art}) as w:
         if cfg["source"] == "pretrain":
             ingest = open_ingest()
             w.inputs = {"tokenizer": tokenizer_art, "ingest": ingest}
             documents = [" ".join(m["content"].replace(PLACEHOLDER, "").strip() for m in meta["messages"])
                          for _, meta, _ in iter_samples(ingest, tuple(cfg["pools"]))]
-            model, metrics = pretrain_llm(tokenizer, documents, cfg, params["seed"])
+            model, metrics = pretrain_llm(tokenizer, documents, cfg, seed)
         else:
-            model = Qwen3ForCausalLM.from_pretrained(cfg["source"])
-            if model.config.vocab_size < len(tokenizer):
-                raise ValueError(f"{cfg['source']}: vocab {model.config.vocab_size} < tokenizer {len(tokenizer)}")
-            metrics = {"imported": cfg["source"]}
+            model, preset = import_llm(cfg["source"], len(tokenizer))
+            metrics = {"imported": cfg["source"], "preset": preset}
         model.save_pretrained(w.dir)
         w.stats.update(parameters=sum(p.numel() for p in model.parameters()))
     write_json("metrics/llm_base.json", metrics | w.stats)

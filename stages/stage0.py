@@ -7,7 +7,7 @@ from transformers import AutoTokenizer, MLCDVisionModel, Qwen3ForCausalLM
 
 from llava_ov.artifacts import ArtifactWriter, open_artifact, write_json
 from llava_ov.base.merge import check_llm, check_vit, merge
-from llava_ov.params import load_params
+from llava_ov.params import section
 from llava_ov.text.tokenizer import special_ids
 from llava_ov.vision.image_processing import ImageProcessor
 
@@ -15,8 +15,7 @@ KIND, SCHEMA = "hf_model", 1
 
 
 def main() -> None:
-    params = load_params()
-    cfg = params["stage0"]
+    cfg, image, seed = section("stage0"), section("image"), section("seed")
     t0 = time.perf_counter()
     arts = {name: open_artifact(f"artifacts/{name}", kind, 1)
             for name, kind in [("vit_base", "vit"), ("llm_base", "llm"), ("tokenizer", "tokenizer")]}
@@ -26,23 +25,23 @@ def main() -> None:
     ids = special_ids(tokenizer)
     token_ids = {"image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
                  "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"]}
-    model = merge(vit, llm, token_ids, params["seed"])
-    gen = torch.Generator().manual_seed(params["seed"])
+    model = merge(vit, llm, token_ids, seed)
+    gen = torch.Generator().manual_seed(seed)
     side = vit.config.image_size
-    vit_diff = check_vit(vit, model, torch.randn(2, 3, side, side, generator=gen), params["image"]["merge_size"])
+    vit_diff = check_vit(vit, model, torch.randn(2, 3, side, side, generator=gen), image["merge_size"])
     llm_diff = check_llm(llm, model, torch.randint(0, llm.config.vocab_size, (2, 32), generator=gen))
     metrics = {"vit_max_abs_diff": vit_diff, "llm_max_abs_diff": llm_diff, "tolerance": cfg["tolerance"]}
     failed = [name for name, diff in [("ViT", vit_diff), ("LLM", llm_diff)] if not diff <= cfg["tolerance"]]
     if failed:
         raise RuntimeError(f"stage0 merge check failed for {failed}: {metrics}; the merged weights do not "
                            f"reproduce the source models")
-    with ArtifactWriter("artifacts/stage0", KIND, SCHEMA, params={"stage0": cfg, "image": params["image"]},
+    with ArtifactWriter("artifacts/stage0", KIND, SCHEMA, params={"stage0": cfg, "image": image, "seed": seed},
                         inputs=arts) as w:
         model.generation_config.eos_token_id = ids["<|im_end|>"]
         model.generation_config.pad_token_id = ids["<|endoftext|>"]
         model.save_pretrained(w.dir)
         tokenizer.save_pretrained(w.dir)
-        ImageProcessor(**params["image"]).save(w.dir)
+        ImageProcessor(**image).save(w.dir)
         w.stats.update(parameters=sum(p.numel() for p in model.parameters()), checks=metrics)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     write_json("metrics/stage0.json", metrics)

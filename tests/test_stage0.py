@@ -48,3 +48,11 @@ def test_hub_prefix_and_unknown_keys():
     assert set(convert_vit(state)) == {"model.visual.class_pos_emb"}
     with pytest.raises(KeyError, match="no mapping"):
         convert_vit({"vision_model.head.weight": torch.zeros(1)})
+
+
+def test_merge_is_deterministic(parts, tmp_path):
+    vit, llm = parts
+    merge(vit, llm, TOKENS, seed=0).save_pretrained(tmp_path / "a")
+    merge(vit, llm, TOKENS, seed=0).save_pretrained(tmp_path / "b")
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
