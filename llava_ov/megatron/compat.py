@@ -1,0 +1,103 @@
+"""Run megatron-core on a machine without CUDA: the one place that adapts it to CPU + gloo.
+
+megatron-core hard-codes CUDA in a few places that a CPU run reaches: ``torch.cuda.current_device()`` for buffer
+and rotary-table devices, ``torch.cuda.synchronize()``, a CUDA RNG-state tracker for dropout/init forks,
+``device='cuda'`` literals and ``Tensor.type() == 'torch.cuda.FloatTensor'`` checks in the optimizer, gradient
+clipping and DDP buffers, ``.cuda()`` moves in optimizer state loading. :func:`apply` fixes the first three
+process-wide (they would only raise on a CPU machine anyway); :func:`device_scope` maps the rest to the CPU only
+inside the optimizer/DDP/checkpoint code paths that need it, so the model's forward pays nothing.
+
+Nothing here runs on a machine with CUDA: :func:`apply` returns ``False`` and :func:`device_scope` is a no-op.
+The patches are tested against the megatron-core versions in :data:`SUPPORTED` and refuse others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+from torch.overrides import TorchFunctionMode
+
+SUPPORTED = SpecifierSet(">=0.16,<0.17")
+_APPLIED = False
+
+
+def megatron_version() -> Version:
+    from megatron.core import package_info
+
+    return Version(package_info.__version__)
+
+
+def needed() -> bool:
+    """True on a machine where megatron-core cannot use CUDA."""
+    return not torch.cuda.is_available()
+
+
+def _is_cuda(device: Any) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    return isinstance(device, int)  # a bare ordinal means a CUDA device in torch's API
+
+
+class _CudaToCpu(TorchFunctionMode):
+    """Rewrites CUDA device arguments to the CPU and reports CPU tensors' legacy type strings as CUDA ones."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if _is_cuda(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if func is torch.Tensor.to and len(args) > 1 and _is_cuda(args[1]):
+            args = (args[0], "cpu", *args[2:])
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            name = func(*args)
+            return name.replace("torch.", "torch.cuda.", 1) if not name.startswith("torch.cuda.") else name
+        return func(*args, **kwargs)
+
+
+def apply() -> bool:
+    """Patch megatron-core's process-wide CUDA assumptions for a CPU run; idempotent. False when CUDA exists."""
+    global _APPLIED
+    if not needed():
+        return False
+    version = megatron_version()
+    if version not in SUPPORTED:
+        raise RuntimeError(f"llava_ov.megatron.compat is tested with megatron-core {SUPPORTED}, found {version}: "
+                           f"install a supported version (pip install -c requirements/constraints.txt "
+                           f"'megatron-core{SUPPORTED}') or re-validate these CPU patches for {version}")
+    if _APPLIED:
+        return True
+    from megatron.core import tensor_parallel
+    from megatron.core.fusions import fused_softmax
+    from megatron.core.transformer import utils as transformer_utils
+
+    torch.cuda.current_device = lambda: torch.device("cpu")
+    torch.cuda.synchronize = lambda device=None: None
+    # The inference tracker's fork() is a plain context: dropout/init draw from torch's seeded CPU generator.
+    tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+    transformer_utils.get_default_causal_mask = _cpu_causal_mask
+    fused_softmax.get_default_causal_mask = _cpu_causal_mask  # imported by name there
+    _APPLIED = True
+    return True
+
+
+def _cpu_causal_mask(sq: int) -> torch.Tensor:
+    """megatron's ``get_default_causal_mask`` (True above the diagonal = masked), on the CPU."""
+    return torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1)
+
+
+@contextlib.contextmanager
+def device_scope() -> Iterator[None]:
+    """Inside: ``device='cuda'``, ``.cuda()`` and CUDA type checks resolve to the CPU (no-op when CUDA exists)."""
+    if not needed():
+        yield
+        return
+    apply()
+    with _CudaToCpu():
+        yield

@@ -1,0 +1,222 @@
+"""LLaVA-OneVision-1.5 on megatron-core: RICE ViT (a TransformerBlock), patch merger and Qwen3 (a GPTModel).
+
+The module tree mirrors the HF model (``llava_ov.model``) so conversion is a key-by-key mapping:
+
+- ``vision``: bias-free patch conv, learned CLS token and CLS rotary angle, ``pre_layernorm``, then a megatron
+  ``TransformerBlock`` with full (non-causal) attention that is block-diagonal over images through
+  ``PackedSeqParams`` (each image + its CLS is one ``thd`` segment) and 2D RoPE given as per-token angles.
+- ``merger``: ``ln_q`` then a megatron ``MLP`` (column-parallel fc1, GELU, row-parallel fc2) over 2×2 windows.
+- ``language_model``: a ``GPTModel`` with RMSNorm, SwiGLU, QK-layernorm and 1-D RoPE; packed text attends per
+  sample through ``PackedSeqParams`` (positions restart per sample).
+
+The Transformer Engine layer spec is used when ``transformer_engine`` imports (GPUs); otherwise the local spec
+with :class:`~llava_ov.megatron.attention.PackedSDPAttention` as core attention.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import (get_gpt_layer_local_spec,
+                                                      get_gpt_layer_with_transformer_engine_spec)
+from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.torch_norm import WrappedTorchNorm
+from megatron.core.transformer.transformer_block import TransformerBlock
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from torch import nn
+
+from llava_ov.megatron.attention import PackedSDPAttention
+from llava_ov.model.rice_vit import patch_rows_cols
+
+HAVE_TE = importlib.util.find_spec("transformer_engine") is not None
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """Tensor/pipeline layout of one rank: sizes, and which pipeline stage this rank holds."""
+
+    tp: int = 1
+    pp: int = 1
+    pp_rank: int = 0
+
+    @property
+    def first(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def last(self) -> bool:
+        return self.pp_rank == self.pp - 1
+
+
+def _common(parallel: Parallel, pp: int) -> dict:
+    return dict(tensor_model_parallel_size=parallel.tp, pipeline_model_parallel_size=pp,
+                pipeline_dtype=torch.float32, params_dtype=torch.float32, use_cpu_initialization=True,
+                hidden_dropout=0.0, attention_dropout=0.0, bias_dropout_fusion=False, apply_rope_fusion=False,
+                masked_softmax_fusion=False, gradient_accumulation_fusion=False, persist_layer_norm=False,
+                calculate_per_token_loss=True, init_method_std=0.02)
+
+
+def text_config(hf_text, parallel: Parallel) -> TransformerConfig:
+    """megatron TransformerConfig of the Qwen3 LM from a transformers ``Qwen3Config``."""
+    return TransformerConfig(
+        num_layers=hf_text.num_hidden_layers, hidden_size=hf_text.hidden_size,
+        ffn_hidden_size=hf_text.intermediate_size, num_attention_heads=hf_text.num_attention_heads,
+        num_query_groups=hf_text.num_key_value_heads, kv_channels=hf_text.head_dim,
+        normalization="RMSNorm", layernorm_epsilon=hf_text.rms_norm_eps, qk_layernorm=True,
+        gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False, add_qkv_bias=False,
+        **_common(parallel, parallel.pp))
+
+
+def vision_config(hf_vision, parallel: Parallel) -> TransformerConfig:
+    """megatron TransformerConfig of the RICE ViT (never pipeline-split: it lives on the first stage)."""
+    return TransformerConfig(
+        num_layers=hf_vision.num_hidden_layers, hidden_size=hf_vision.hidden_size,
+        ffn_hidden_size=hf_vision.intermediate_size, num_attention_heads=hf_vision.num_attention_heads,
+        kv_channels=hf_vision.hidden_size // hf_vision.num_attention_heads, normalization="LayerNorm",
+        layernorm_epsilon=hf_vision.layer_norm_eps, gated_linear_unit=False, activation_func=F.gelu,
+        add_bias_linear=True, add_qkv_bias=True, **_common(parallel, 1))
+
+
+def merger_config(hf_vision, parallel: Parallel) -> TransformerConfig:
+    """The merger MLP: (merge² · ViT width) → GELU → LLM width, with biases."""
+    merged = hf_vision.hidden_size * hf_vision.spatial_merge_size ** 2
+    return TransformerConfig(
+        num_layers=1, hidden_size=hf_vision.out_hidden_size, ffn_hidden_size=merged, num_attention_heads=1,
+        gated_linear_unit=False, activation_func=F.gelu, add_bias_linear=True, **_common(parallel, 1))
+
+
+def layer_spec(causal: bool, rms: bool, qk_layernorm: bool) -> ModuleSpec:
+    """A transformer layer spec: TE when installed, else local with packed-sequence SDPA attention."""
+    if HAVE_TE:
+        spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
+    else:
+        spec = get_gpt_layer_local_spec(qk_layernorm=qk_layernorm, normalization="RMSNorm" if rms else "LayerNorm")
+        spec.submodules.self_attention.submodules.core_attention = PackedSDPAttention
+    spec.submodules.self_attention.params = {"attn_mask_type": AttnMaskType.causal if causal
+                                             else AttnMaskType.no_mask}
+    return spec
+
+
+def packed_params(cu_seqlens: torch.Tensor) -> PackedSeqParams:
+    """``thd`` PackedSeqParams for self-attention over segments with boundaries ``cu_seqlens``."""
+    cu = cu_seqlens.to(torch.int32)
+    longest = int((cu[1:] - cu[:-1]).max())
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest,
+                           max_seqlen_kv=longest)
+
+
+class RiceVision(MegatronModule):
+    """``model.visual`` without the merger: patches + grids → per-patch features (CLS dropped)."""
+
+    def __init__(self, hf_vision, parallel: Parallel) -> None:
+        config = vision_config(hf_vision, parallel)
+        super().__init__(config=config)
+        head_dim = config.kv_channels
+        self.merge = hf_vision.spatial_merge_size
+        self.channels, self.patch = hf_vision.in_channels, hf_vision.patch_size
+        self.patch_embed = nn.Conv2d(self.channels, config.hidden_size, self.patch, self.patch, bias=False)
+        self.class_embedding = nn.Parameter(torch.zeros(config.hidden_size))
+        self.class_pos_emb = nn.Parameter(torch.zeros(1, head_dim // 2))
+        self.register_buffer("inv_freq", 1.0 / hf_vision.rope_theta ** (
+            torch.arange(0, head_dim // 2, 2).float() / (head_dim // 2)), persistent=False)
+        self.pre_layernorm = WrappedTorchNorm(config, config.hidden_size, eps=config.layernorm_epsilon)
+        self.decoder = TransformerBlock(config, layer_spec(causal=False, rms=False, qk_layernorm=False),
+                                        post_layer_norm=False)
+
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        x = pixel_values.view(-1, self.channels, self.patch, self.patch).to(self.patch_embed.weight.dtype)
+        patches = self.patch_embed(x).flatten(1)
+        pos = patch_rows_cols(grid_thw, self.merge).to(patches.device)
+        patch_angles = torch.cat([pos[:, :1] * self.inv_freq, pos[:, 1:] * self.inv_freq], dim=-1)
+        sizes = (grid_thw[:, 0] * grid_thw[:, 1] * grid_thw[:, 2]).tolist()
+        tokens, angles = [], []
+        for feats, ang in zip(patches.split(sizes), patch_angles.split(sizes)):
+            tokens += [self.class_embedding[None].to(feats.dtype), feats]
+            angles += [self.class_pos_emb.float(), ang]
+        hidden = self.pre_layernorm(torch.cat(tokens))[:, None]  # [t, 1, h]
+        angles = torch.cat(angles)
+        freqs = torch.cat([angles, angles], dim=-1)[:, None, None, :]  # [t, 1, 1, head_dim]
+        lengths = torch.tensor([n + 1 for n in sizes])
+        cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        hidden = self.decoder(hidden, attention_mask=None, rotary_pos_emb=freqs, packed_seq_params=packed_params(cu))
+        keep = torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+        keep[cu[:-1].long()] = False  # drop each image's CLS
+        return hidden[keep, 0]
+
+
+class Merger(MegatronModule):
+    """``model.visual.merger``: LayerNorm per patch, concatenate each 2×2 window, MLP into the LLM's width."""
+
+    def __init__(self, hf_vision, parallel: Parallel) -> None:
+        config = merger_config(hf_vision, parallel)
+        super().__init__(config=config)
+        self.merged = config.ffn_hidden_size
+        self.ln_q = WrappedTorchNorm(config, hf_vision.hidden_size, eps=hf_vision.layer_norm_eps)
+        self.mlp = MLP(config, MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear),
+                       input_size=self.merged, ffn_hidden_size=self.merged)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, bias = self.mlp(self.ln_q(x).view(-1, self.merged))
+        return out + bias if bias is not None else out
+
+
+class LlavaOVMegatron(MegatronModule):
+    """One pipeline stage of LLaVA-OV-1.5: ViT + merger on the first stage, LM layers split across stages."""
+
+    def __init__(self, hf_config, parallel: Parallel, padded_vocab: int) -> None:
+        config = text_config(hf_config.text_config, parallel)
+        super().__init__(config=config)
+        self.parallel = parallel
+        self.image_token_id = hf_config.image_token_id
+        self.pre_process, self.post_process = parallel.first, parallel.last
+        if self.pre_process:
+            self.vision = RiceVision(hf_config.vision_config, parallel)
+            self.merger = Merger(hf_config.vision_config, parallel)
+        text = hf_config.text_config
+        self.language_model = GPTModel(
+            config, layer_spec(causal=True, rms=True, qk_layernorm=True), vocab_size=padded_vocab,
+            max_sequence_length=text.max_position_embeddings, pre_process=parallel.first,
+            post_process=parallel.last, share_embeddings_and_output_weights=False, position_embedding_type="rope",
+            rotary_base=int(text.rope_parameters["rope_theta"]), parallel_output=True)
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """Pipeline stages after the first receive hidden states instead of token ids."""
+        self.language_model.set_input_tensor(input_tensor)
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+              image_grid_thw: torch.Tensor | None) -> torch.Tensor:
+        """[s, 1, h] token embeddings with merged image features in the ``<|image_pad|>`` slots."""
+        embeds = self.language_model.embedding(input_ids=input_ids, position_ids=None)  # [s, 1, h]
+        slots = (input_ids == self.image_token_id).transpose(0, 1)  # [s, 1]
+        n_slots = int(slots.sum())
+        if pixel_values is None:
+            if n_slots:
+                raise ValueError(f"batch has {n_slots} <|image_pad|> tokens but no pixel_values")
+            return embeds
+        features = self.merger(self.vision(pixel_values, image_grid_thw)).to(embeds.dtype)
+        if features.shape[0] != n_slots:
+            raise ValueError(f"{features.shape[0]} merged image patches (grids {image_grid_thw.tolist()}) but "
+                             f"{n_slots} <|image_pad|> tokens: the packed batch and the image processor disagree")
+        return embeds.masked_scatter(slots[..., None], features)
+
+    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, labels: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None,
+                image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
+        """Packed micro-batch flattened to one row: ``input_ids``/``labels`` [1, t] (labels already shifted).
+
+        Returns per-token losses [1, t] when ``labels`` is given (last stage), else logits [1, t, vocab/TP]
+        (last stage) or hidden states (other stages).
+        """
+        decoder_input = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else None
+        return self.language_model(input_ids=None, position_ids=None, attention_mask=None,
+                                   decoder_input=decoder_input, labels=labels,
+                                   packed_seq_params=packed_params(cu_seqlens))
