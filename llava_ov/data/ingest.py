@@ -99,6 +99,7 @@ def build_embedded(cfg: dict, seed: int, out: Path) -> dict:
     writers = {pool: ShardWriter(out / pool, pool, cfg.get("shard_max_bytes", 1 << 30)) for pool in POOLS}
     ids: dict[str, set[str]] = {pool: set() for pool in POOLS}
     held_back: list[tuple[Candidate, dict[str, bytes]]] = []
+    training_images: set[str] = set()  # eval must not reuse a training image even under another question
     unknown = sorted(set(cfg["sources"]) - set(GENERATORS))
     if unknown:
         raise ValueError(f"params.yaml ingest.sources names unknown source(s) {unknown}; known: {sorted(GENERATORS)}")
@@ -111,9 +112,14 @@ def build_embedded(cfg: dict, seed: int, out: Path) -> dict:
                 if cand.pool == "eval":
                     held_back.append((cand, files))  # written last: must be disjoint from every training pool
                     continue
+                training_images.update(xxhash.xxh3_128_hexdigest(img) for img in cand.images)
                 _admit(ledger, ids, cand.pool, cand.source, files, _shard_store(writers[cand.pool], files))
         training = set().union(*(ids[p] for p in POOLS if p != "eval"))
         for cand, files in held_back:
+            if any(xxhash.xxh3_128_hexdigest(img) in training_images for img in cand.images):
+                ledger.reject(sample_id(cand.images, messages_text(cand.messages)), cand.source,
+                              "eval image also in a training pool")
+                continue
             _admit(ledger, ids, "eval", cand.source, files, _shard_store(writers["eval"], files), training)
     for w in writers.values():
         w.close()
@@ -187,8 +193,9 @@ def validate_released(cfg: dict, root: Path, out: Path) -> dict:
                     ledger.reject(raw.key, source, raw.error, where)
                     continue
                 try:
-                    source = str(json.loads(raw.files.get("json", b"{}").decode("utf-8")).get("source") or pool)
-                except (ValueError, UnicodeDecodeError):
+                    meta = json.loads(raw.files.get("json", b"{}").decode("utf-8"))
+                    source = str(meta.get("source") or pool) if isinstance(meta, dict) else pool
+                except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
                     pass
                 _admit(ledger, ids, pool, source, raw.files, lambda _s, k=raw.key: (rel, k), where=where)
             shards[rel] = {"digest": digest_file(path), "samples": ledger.seen - n_before}

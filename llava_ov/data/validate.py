@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from llava_ov.data.shards import messages_text, sample_id
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")  # only decoders for these run on untrusted bytes
 IMAGE_MEMBER = re.compile(r"^(\d+)\.(png|jpe?g|webp)$")
 PLACEHOLDER = "<image>"
 
@@ -35,13 +36,15 @@ class Rejected(ValueError):
 def check_image(data: bytes, name: str) -> tuple[int, int]:
     """Decode an image fully (a truncated file fails only on load); returns (width, height)."""
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as probe:
             probe.verify()
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
             img.load()
             if img.width < 1 or img.height < 1:
                 raise Rejected(f"image {name} is empty ({img.width}x{img.height})")
             return img.width, img.height
+    except Image.DecompressionBombError as e:
+        raise Rejected(f"image {name} is too large to decode safely ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         if isinstance(e, Rejected):
             raise
@@ -60,6 +63,10 @@ def check_messages(messages: object) -> list[dict]:
                            f"first)")
         if not isinstance(m["content"], str) or not m["content"].strip():
             raise Rejected(f"message {i} ({m['role']}) has empty text")
+        try:
+            m["content"].encode("utf-8")
+        except UnicodeEncodeError as e:  # a JSON escape such as "\ud800" decodes to a lone surrogate
+            raise Rejected(f"message {i} ({m['role']}) is not valid Unicode ({e})") from e
     if messages[-1]["role"] != "assistant":
         raise Rejected("conversation must end with an assistant turn")
     return messages
@@ -75,8 +82,8 @@ def validate(files: dict[str, bytes]) -> ValidSample:
         raise Rejected(f"json is not UTF-8 ({e})") from e
     try:
         meta = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise Rejected(f"json does not parse ({e})") from e
+    except (ValueError, RecursionError) as e:  # also too deeply nested, or an integer past Python's digit limit
+        raise Rejected(f"json does not parse ({type(e).__name__}: {str(e)[:200]})") from e
     if not isinstance(meta, dict):
         raise Rejected("json must be an object")
     messages = check_messages(meta.get("messages"))
@@ -84,7 +91,10 @@ def validate(files: dict[str, bytes]) -> ValidSample:
     for name in files:
         match = IMAGE_MEMBER.match(name)
         if match:
-            image_members[int(match.group(1))] = name
+            index = int(match.group(1))
+            if index in image_members:
+                raise Rejected(f"two members for image {index}: {image_members[index]!r} and {name!r}")
+            image_members[index] = name
         elif name != "json":
             raise Rejected(f"unexpected member {name!r}")
     if sorted(image_members) != list(range(len(image_members))):
