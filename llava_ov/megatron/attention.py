@@ -65,12 +65,10 @@ class PackedSDPAttention(MegatronModule):
 
     def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
               causal: bool) -> torch.Tensor:
-        """q [..., heads, s, d], k/v [..., groups, s, d] → [..., heads, s, d]."""
-        if self.heads != self.groups:
-            k = k.repeat_interleave(self.heads // self.groups, dim=-3)
-            v = v.repeat_interleave(self.heads // self.groups, dim=-3)
+        """q [b, heads, s, d], k/v [b, groups, s, d] → [b, heads, s, d] (4-D inputs take SDPA's fast CPU path)."""
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                              dropout_p=self.dropout if self.training else 0.0, scale=self.scale)
+                                              dropout_p=self.dropout if self.training else 0.0, scale=self.scale,
+                                              enable_gqa=self.heads != self.groups)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: torch.Tensor | None, attn_mask_type: AttnMaskType | None = None,
@@ -98,8 +96,8 @@ class PackedSDPAttention(MegatronModule):
         longest = max(b - a for a, b in zip(cu[:-1], cu[1:]))
         outs = []
         for start, end, lengths in windows(cu, longest):
-            q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))
+            q, k, v = (t[start:end].transpose(0, 1)[None] for t in (query, key, value))
             mask = None if len(lengths) == 1 else segment_mask(lengths, causal, query.device)
-            outs.append(self._sdpa(q, k, v, mask, causal).transpose(0, 1))
+            outs.append(self._sdpa(q, k, v, mask, causal)[0].transpose(0, 1))
         out = torch.cat(outs)
         return out.reshape(out.shape[0], -1)

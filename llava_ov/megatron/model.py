@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from megatron.core.enums import ModelType
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import (get_gpt_layer_local_spec,
                                                       get_gpt_layer_with_transformer_engine_spec)
@@ -176,6 +177,7 @@ class LlavaOVMegatron(MegatronModule):
         config = text_config(hf_config.text_config, parallel)
         super().__init__(config=config)
         self.parallel = parallel
+        self.model_type = ModelType.encoder_or_decoder
         self.image_token_id = hf_config.image_token_id
         self.pre_process, self.post_process = parallel.first, parallel.last
         if self.pre_process:
