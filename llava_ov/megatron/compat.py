@@ -7,6 +7,14 @@ clipping and DDP buffers, ``.cuda()`` moves in optimizer state loading. :func:`a
 process-wide (they would only raise on a CPU machine anyway); :func:`device_scope` maps the rest to the CPU only
 inside the optimizer/DDP/checkpoint code paths that need it, so the model's forward pays nothing.
 
+One more CPU-only path: without Apex/TE the distributed optimizer wraps ``torch.optim.AdamW``, and its
+``load_state_dict`` gives every parameter the *same* ``step`` tensor; AdamW then increments that one tensor once
+per parameter, and the next checkpoint save fails (``assert len(steps) == 1``); and its ``sharded_state_dict``
+(needed to *load* a checkpoint) fails on a fresh AdamW whose state is still empty. :func:`apply` wraps both: each
+parameter gets its own ``step`` copy, and an empty state is first filled exactly the way AdamW fills it on its
+first step (step 0, zero moments), and the loaded moments (which carry no ``step``: it is restored from the param
+groups) are copied around ``step``; so a resumed run steps exactly like an uninterrupted one.
+
 Nothing here runs on a machine with CUDA: :func:`apply` returns ``False`` and :func:`device_scope` is a no-op.
 The patches are tested against the megatron-core versions in :data:`SUPPORTED` and refuse others.
 """
@@ -82,9 +90,48 @@ def apply() -> bool:
     # The inference tracker's fork() is a plain context: dropout/init draw from torch's seeded CPU generator.
     tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
     transformer_utils.get_default_causal_mask = _cpu_causal_mask
+    _unshare_adam_steps()
     fused_softmax.get_default_causal_mask = _cpu_causal_mask  # imported by name there
     _APPLIED = True
     return True
+
+
+def _unshare_adam_steps() -> None:
+    from megatron.core.optimizer import distrib_optimizer
+
+    if distrib_optimizer.HAVE_APEX_OR_TE:
+        return
+    original = distrib_optimizer.DistributedOptimizer.load_state_dict
+
+    def load_state_dict(self, state_dict):
+        original(self, state_dict)
+        for state in self.optimizer.state.values():
+            if "step" in state:
+                state["step"] = state["step"].clone()
+
+    original_sharded = distrib_optimizer.DistributedOptimizer.sharded_state_dict
+
+    def sharded_state_dict(self, *args, **kwargs):
+        inner = self.optimizer
+        if not inner.state:
+            for group in inner.param_groups:
+                for param in group["params"]:
+                    inner.state[param] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(param),
+                                          "exp_avg_sq": torch.zeros_like(param)}
+        return original_sharded(self, *args, **kwargs)
+
+    original_set = distrib_optimizer.DistributedOptimizer._set_main_param_and_optimizer_states
+
+    def set_states(self, model_param, tensors):
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        state = self.optimizer.state[self.optimizer.param_groups[group_index]["params"][group_order]]
+        if "step" in state and "step" not in tensors:
+            tensors = {**tensors, "step": state["step"]}
+        original_set(self, model_param, tensors)
+
+    distrib_optimizer.DistributedOptimizer.load_state_dict = load_state_dict
+    distrib_optimizer.DistributedOptimizer.sharded_state_dict = sharded_state_dict
+    distrib_optimizer.DistributedOptimizer._set_main_param_and_optimizer_states = set_states
 
 
 def _cpu_causal_mask(sq: int) -> torch.Tensor:

@@ -32,7 +32,9 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from megatron.core.transformer.transformer_block import TransformerBlock
 from megatron.core.transformer.transformer_config import TransformerConfig
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import (ColumnParallelLinear, RowParallelLinear,
+                                           copy_to_tensor_model_parallel_region, vocab_parallel_cross_entropy)
 from torch import nn
 
 from llava_ov.megatron.attention import PackedSDPAttention
@@ -91,7 +93,8 @@ def merger_config(hf_vision, parallel: Parallel) -> TransformerConfig:
     """The merger MLP: (merge² · ViT width) → GELU → LLM width, with biases."""
     merged = hf_vision.hidden_size * hf_vision.spatial_merge_size ** 2
     return TransformerConfig(
-        num_layers=1, hidden_size=hf_vision.out_hidden_size, ffn_hidden_size=merged, num_attention_heads=1,
+        # no attention here; megatron only requires the head count to divide by TP
+        num_layers=1, hidden_size=hf_vision.out_hidden_size, ffn_hidden_size=merged, num_attention_heads=parallel.tp,
         gated_linear_unit=False, activation_func=F.gelu, add_bias_linear=True, **_common(parallel, 1))
 
 
@@ -144,7 +147,8 @@ class RiceVision(MegatronModule):
             tokens += [self.class_embedding[None].to(feats.dtype), feats]
             angles += [self.class_pos_emb.float(), ang]
         hidden = self.pre_layernorm(torch.cat(tokens))[:, None]  # [t, 1, h]
-        angles = torch.cat(angles)
+        # Each TP rank rotates only its heads: sum the angle gradients over TP (the learned CLS angle trains).
+        angles = copy_to_tensor_model_parallel_region(torch.cat(angles))
         freqs = torch.cat([angles, angles], dim=-1)[:, None, None, :]  # [t, 1, 1, head_dim]
         lengths = torch.tensor([n + 1 for n in sizes])
         cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
@@ -179,6 +183,7 @@ class LlavaOVMegatron(MegatronModule):
         self.parallel = parallel
         self.model_type = ModelType.encoder_or_decoder
         self.image_token_id = hf_config.image_token_id
+        self.vocab_size, self.padded_vocab = hf_config.text_config.vocab_size, padded_vocab
         self.pre_process, self.post_process = parallel.first, parallel.last
         if self.pre_process:
             self.vision = RiceVision(hf_config.vision_config, parallel)
@@ -219,6 +224,20 @@ class LlavaOVMegatron(MegatronModule):
         (last stage) or hidden states (other stages).
         """
         decoder_input = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else None
-        return self.language_model(input_ids=None, position_ids=None, attention_mask=None,
-                                   decoder_input=decoder_input, labels=labels,
-                                   packed_seq_params=packed_params(cu_seqlens))
+        out = self.language_model(input_ids=None, position_ids=None, attention_mask=None,
+                                  decoder_input=decoder_input, packed_seq_params=packed_params(cu_seqlens))
+        if not self.post_process:
+            return out
+        logits = self._mask_padding(out)
+        if labels is None:
+            return logits
+        return vocab_parallel_cross_entropy(logits.float(), labels)
+
+    def _mask_padding(self, logits: torch.Tensor) -> torch.Tensor:
+        """-inf on this rank's padded-vocabulary columns: padding (128·TP) never changes the loss or softmax."""
+        if self.padded_vocab == self.vocab_size:
+            return logits
+        local = logits.shape[-1]
+        first = parallel_state.get_tensor_model_parallel_rank() * local
+        padded = torch.arange(first, first + local, device=logits.device) >= self.vocab_size
+        return logits.masked_fill(padded, float("-inf"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import torch
 import torch.distributed as dist
@@ -12,12 +13,19 @@ from llava_ov.megatron import compat
 from llava_ov.megatron.model import Parallel
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (a one-process group must not collide with concurrent runs)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init(tp: int, pp: int) -> Parallel:
     """Join the process group torchrun set up (or a one-process group) and build the TP × PP × DP grid."""
     compat.apply()
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

@@ -1,0 +1,211 @@
+"""megatron-core side: CPU compatibility layer, HF <-> Megatron conversion (TP/PP), forward parity with HF."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from packaging.version import Version
+
+from llava_ov.megatron import compat
+from llava_ov.megatron.convert import (from_te_names, hf_to_megatron, megatron_to_hf, padded_vocab, rules,
+                                       to_te_names)
+from llava_ov.model import LlavaOV15ForConditionalGeneration
+from llava_ov.model.presets import build_config
+
+torch.set_num_threads(1)
+
+
+def tiny_config(vocab: int = 300):
+    return build_config("tiny", vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=2),
+                        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, head_dim=16, vocab_size=vocab),
+                        image_token_id=12, video_token_id=13, vision_start_token_id=9, vision_end_token_id=10)
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    torch.manual_seed(0)
+    model = LlavaOV15ForConditionalGeneration(tiny_config()).eval()
+    with torch.no_grad():  # non-trivial norms so a swapped or mis-split norm would show
+        for name, p in model.named_parameters():
+            if "norm" in name or "class_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+# ---------------------------------------------------------------- compat
+
+def test_compat_applies_once_and_only_without_cuda(monkeypatch):
+    assert compat.apply() is True
+    assert compat.apply() is True  # idempotent
+    assert torch.cuda.current_device() == torch.device("cpu")
+    torch.cuda.synchronize()  # a no-op instead of raising
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert compat.apply() is False
+    with compat.device_scope():  # no-op with CUDA present: the CPU tensor keeps its CPU type string
+        assert torch.zeros(1).type() == "torch.FloatTensor"
+
+
+def test_compat_refuses_untested_megatron(monkeypatch):
+    monkeypatch.setattr(compat, "megatron_version", lambda: Version("0.17.0"))
+    with pytest.raises(RuntimeError, match="tested with megatron-core"):
+        compat.apply()
+
+
+def test_device_scope_maps_cuda_to_cpu_only_inside():
+    with compat.device_scope():
+        t = torch.zeros(3, device="cuda")
+        assert t.device.type == "cpu"
+        assert t.type() == "torch.cuda.FloatTensor"
+        assert t.cuda() is t
+        assert torch.ones(2, dtype=torch.bfloat16).type() == "torch.cuda.BFloat16Tensor"
+        assert t.to("cuda").device.type == "cpu"
+    assert torch.zeros(1).type() == "torch.FloatTensor"
+    with pytest.raises((RuntimeError, AssertionError)):
+        torch.zeros(1, device="cuda")
+
+
+# ---------------------------------------------------------------- conversion (pure tensors)
+
+@pytest.mark.parametrize("tp", [1, 2])
+@pytest.mark.parametrize("pp", [1, 2])
+def test_round_trip_is_bit_exact(hf_model, tp, pp):
+    state = hf_model.state_dict()
+    shards = hf_to_megatron(state, hf_model.config, tp=tp, pp=pp)
+    assert set(shards) == {(p, r) for p in range(pp) for r in range(tp)}
+    back = megatron_to_hf(shards, hf_model.config, tp=tp, pp=pp)
+    assert set(back) == set(state)
+    for key, value in state.items():
+        assert torch.equal(back[key], value), key
+
+
+def test_pipeline_split_puts_vision_first_and_head_last(hf_model):
+    shards = hf_to_megatron(hf_model.state_dict(), hf_model.config, tp=1, pp=2)
+    first, last = shards[(0, 0)], shards[(1, 0)]
+    assert any(k.startswith("vision.") for k in first) and not any(k.startswith("vision.") for k in last)
+    assert "merger.mlp.linear_fc1.weight" in first
+    assert "language_model.output_layer.weight" in last and "language_model.output_layer.weight" not in first
+    # one decoder layer per stage, local index 0 on both; stage 1's layer 0 is HF layer 1
+    assert torch.equal(last["language_model.decoder.layers.0.mlp.linear_fc2.weight"],
+                       hf_model.state_dict()["model.language_model.layers.1.mlp.down_proj.weight"])
+
+
+def test_tensor_split_layouts(hf_model):
+    """QKV regrouped per KV group, gate/up interleaved per rank, proj/fc2 split on dim 1, vocab padded."""
+    sd = hf_model.state_dict()
+    shards = hf_to_megatron(sd, hf_model.config, tp=2, pp=1)
+    p = "model.language_model.layers.0."
+    hd = 16
+    qkv0 = shards[(0, 0)]["language_model.decoder.layers.0.self_attention.linear_qkv.weight"]
+    # rank 0 holds KV group 0: q heads 0,1 then k head 0 then v head 0
+    expected = torch.cat([sd[p + "self_attn.q_proj.weight"][:2 * hd], sd[p + "self_attn.k_proj.weight"][:hd],
+                          sd[p + "self_attn.v_proj.weight"][:hd]])
+    assert torch.equal(qkv0, expected)
+    fc1_1 = shards[(0, 1)]["language_model.decoder.layers.0.mlp.linear_fc1.weight"]
+    assert torch.equal(fc1_1, torch.cat([sd[p + "mlp.gate_proj.weight"][64:], sd[p + "mlp.up_proj.weight"][64:]]))
+    proj_1 = shards[(0, 1)]["language_model.decoder.layers.0.self_attention.linear_proj.weight"]
+    assert torch.equal(proj_1, sd[p + "self_attn.o_proj.weight"][:, 32:])
+    emb = shards[(0, 0)]["language_model.embedding.word_embeddings.weight"]
+    assert padded_vocab(300, 2) == 512 and emb.shape[0] == 256
+    tail = shards[(0, 1)]["language_model.embedding.word_embeddings.weight"]
+    assert torch.count_nonzero(tail[300 - 256:]) == 0  # padded rows are zero
+
+
+def test_vit_fused_qkv_is_regrouped_per_head(hf_model):
+    sd = hf_model.state_dict()
+    qkv = hf_to_megatron(sd, hf_model.config)[(0, 0)]["vision.decoder.layers.0.self_attention.linear_qkv.bias"]
+    q, k, v = sd["model.visual.blocks.0.attn.qkv.bias"].chunk(3)
+    assert torch.equal(qkv[:48], torch.cat([q[:16], k[:16], v[:16]]))
+
+
+def test_conversion_errors_are_clear(hf_model):
+    sd = dict(hf_model.state_dict())
+    sd.pop("lm_head.weight")
+    with pytest.raises(ValueError, match="missing \\['lm_head.weight'\\]"):
+        hf_to_megatron(sd, hf_model.config)
+    with pytest.raises(ValueError, match="do not split evenly"):
+        rules(hf_model.config, pp=3)
+
+
+def test_te_names_round_trip(hf_model):
+    shard = hf_to_megatron(hf_model.state_dict(), hf_model.config)[(0, 0)]
+    te = to_te_names(shard)
+    assert "language_model.decoder.layers.0.self_attention.linear_qkv.layer_norm_weight" in te
+    assert "language_model.decoder.layers.1.mlp.linear_fc1.layer_norm_weight" in te
+    assert "vision.decoder.layers.0.self_attention.linear_qkv.layer_norm_bias" in te
+    assert from_te_names(te).keys() == shard.keys()
+
+
+# ---------------------------------------------------------------- forward parity (one gloo rank)
+
+@pytest.fixture(scope="module")
+def megatron_model(hf_model):
+    from llava_ov.megatron.model import LlavaOVMegatron
+    from llava_ov.train.distributed import init, shutdown
+
+    parallel = init(1, 1)
+    model = LlavaOVMegatron(hf_model.config, parallel, padded_vocab(300, 1))
+    missing, unexpected = model.load_state_dict(hf_to_megatron(hf_model.state_dict(), hf_model.config)[(0, 0)],
+                                                strict=False)
+    assert not unexpected and all(k.endswith("_extra_state") for k in missing)
+    yield model.eval()
+    shutdown()
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"):  # set by init() for its one-rank group
+        os.environ.pop(name, None)
+
+
+def packed_batch(seed: int = 1) -> dict:
+    """Two rows of 40: row 0 = samples of 18 and 14 tokens + 8 padding; row 1 = one sample of 40; 3 images."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(20, 300, (2, 40), generator=g)
+    ids[0, 2:6] = 12      # image 0: 4x4 patches -> 4 tokens
+    ids[0, 20:24] = 12    # image 1 (second sample)
+    ids[1, 3:11] = 12     # image 2: 4x8 patches -> 8 tokens
+    lengths = [18, 14, 8, 40]
+    pos = torch.cat([torch.arange(n) for n in lengths]).view(2, 40)
+    return {"input_ids": ids, "position_ids": pos, "cu_seqlens": torch.tensor([0, 18, 32, 40, 80], dtype=torch.int32),
+            "pixel_values": torch.randn(16 + 16 + 32, 588, generator=g),
+            "image_grid_thw": torch.tensor([[1, 4, 4], [1, 4, 4], [1, 4, 8]])}
+
+
+def megatron_logits(model, batch: dict) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(batch["input_ids"].reshape(1, -1), batch["cu_seqlens"], pixel_values=batch["pixel_values"],
+                    image_grid_thw=batch["image_grid_thw"])
+    return out.reshape(2, 40, -1)[..., :300]
+
+
+def test_megatron_forward_matches_hf(hf_model, megatron_model):
+    batch = packed_batch()
+    with torch.no_grad():
+        ref = hf_model(**batch).logits
+    diff = (megatron_logits(megatron_model, batch) - ref).abs().max().item()
+    assert diff < 1e-4, diff
+
+
+def test_packed_samples_do_not_see_each_other(megatron_model):
+    """Changing the second sample (its text and its image) leaves the first sample's logits bit-identical."""
+    a = packed_batch()
+    b = {k: v.clone() for k, v in a.items()}
+    b["input_ids"][0, 24:32] = 7
+    b["pixel_values"][16:32] += 1.0
+    la, lb = megatron_logits(megatron_model, a), megatron_logits(megatron_model, b)
+    assert torch.equal(la[0, :18], lb[0, :18])
+    assert not torch.allclose(la[0, 18:32], lb[0, 18:32])
+    assert torch.equal(la[1], lb[1])
+
+
+def test_megatron_backward_reaches_every_parameter(megatron_model):
+    batch = packed_batch()
+    megatron_model.train()
+    labels = torch.roll(batch["input_ids"].reshape(1, -1), -1)
+    loss = megatron_model(batch["input_ids"].reshape(1, -1), batch["cu_seqlens"], labels=labels,
+                          pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"]).mean()
+    loss.backward()
+    no_grad = [n for n, p in megatron_model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    megatron_model.zero_grad()
+    megatron_model.eval()
+    assert no_grad == []
