@@ -123,9 +123,11 @@ class LlavaOV15ForConditionalGeneration(LlavaOV15PreTrainedModel, GenerationMixi
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, pixel_values=None,
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, inputs_embeds=None, pixel_values=None,
                                       image_grid_thw=None, **kwargs):
-        inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
+        # inputs_embeds named here so generate() accepts precomputed embeddings (image features already in place)
+        inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values,
+                                                       inputs_embeds=inputs_embeds, **kwargs)
         first_step = past_key_values is None or past_key_values.get_seq_length() == 0
         if first_step:
             inputs["pixel_values"], inputs["image_grid_thw"] = pixel_values, image_grid_thw

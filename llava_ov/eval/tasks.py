@@ -1,0 +1,136 @@
+"""Offline evaluation tasks: specs are data (``llava_ov/eval/tasks/<name>.yaml``), instances are hash-pinned.
+
+A spec says which eval-pool samples a task takes (``select``), how its prompt is formed (``prompt``: the sample's
+own user turn, or a fixed text), what the reference is (``target``: the sample's answer, or a per-source
+template over it), which metrics it reports, how answers are normalised before exact match, how choices are
+compared (``mc_score``: summed or per-token mean log-likelihood) and how long a generated answer may be.
+
+Building a spec against the ``ingest`` artifact gives a :class:`Task`: the spec plus its items in sorted
+sample-id order. Its ``digest`` covers the spec and every item's id, prompt, reference and choices, so a changed
+spec or a changed eval pool is a different task, and cached results of the old one are never reused.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import yaml
+
+from llava_ov.artifacts import digest_json
+
+SPEC_DIR = Path(__file__).with_name("tasks")
+METRICS = ("accuracy", "mc_accuracy", "loss")
+SPEC_KEYS = {"name", "select", "prompt", "target", "metrics", "normalise", "mc_score", "max_new_tokens",
+             "blind_baseline"}
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+NORMALISERS: dict[str, Callable[[str], str]] = {
+    "lower": str.lower,
+    "strip_punctuation": lambda s: _PUNCT.sub(" ", s),
+    "collapse_whitespace": lambda s: " ".join(s.split()),
+    "drop_articles": lambda s: " ".join(w for w in s.split() if w not in ("a", "an", "the")),
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One evaluation instance: prompt text (with ``<image>`` placeholders), its images, reference, choices."""
+
+    sample_id: str
+    source: str
+    category: str
+    prompt: str
+    images: tuple[bytes, ...]
+    target: str
+    choices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Task:
+    spec: dict
+    items: tuple[Item, ...]
+    digest: str = field(default="")
+
+    @property
+    def name(self) -> str:
+        return self.spec["name"]
+
+    def normalise(self, text: str) -> str:
+        """The spec's answer normalisation (always stripped at the ends)."""
+        for step in self.spec["normalise"]:
+            text = NORMALISERS[step](text)
+        return text.strip()
+
+
+def load_spec(name: str, spec_dir: Path = SPEC_DIR) -> dict:
+    """Read and validate one task spec; errors name the file and the offending key."""
+    path = spec_dir / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in spec_dir.glob("*.yaml"))
+        raise FileNotFoundError(f"no task spec {path}; known tasks: {known}")
+    spec = yaml.safe_load(path.read_text())
+    missing, extra = SPEC_KEYS - set(spec), set(spec) - SPEC_KEYS
+    if missing or extra:
+        raise ValueError(f"task spec {path}: missing keys {sorted(missing)}, unknown keys {sorted(extra)}")
+    if spec["name"] != name:
+        raise ValueError(f"task spec {path} is named {spec['name']!r}; the file name must match the task name")
+    bad = [m for m in spec["metrics"] if m not in METRICS] + \
+          [n for n in spec["normalise"] if n not in NORMALISERS]
+    if bad or spec["mc_score"] not in ("sum", "mean"):
+        raise ValueError(f"task spec {path}: unknown metrics/normalisers {bad} or mc_score {spec['mc_score']!r}; "
+                         f"metrics {METRICS}, normalisers {sorted(NORMALISERS)}, mc_score sum|mean")
+    if not set(spec["select"]) <= {"task", "source"}:
+        raise ValueError(f"task spec {path}: select may filter on 'task' and/or 'source', got {spec['select']}")
+    return spec
+
+
+def _selected(spec: dict, sample: dict) -> bool:
+    for key, want in spec["select"].items():
+        wanted = want if isinstance(want, list) else [want]
+        if sample.get(key) not in wanted:
+            return False
+    return True
+
+
+def _target(spec: dict, sample: dict) -> str:
+    target = spec["target"]
+    if target == "answer":
+        return sample["answer"]
+    if sample["source"] not in target:
+        raise ValueError(f"task {spec['name']}: no target template for source {sample['source']!r} "
+                         f"(sample {sample['id']}); add one to the spec or narrow its select")
+    return target[sample["source"]].format(answer=sample["answer"])
+
+
+def build_task(spec: dict, samples: Iterable[tuple[dict, list[bytes]]], max_items: int = 0) -> Task:
+    """The task's items from eval-pool (sample json, image bytes) pairs, sorted by sample id.
+
+    ``max_items`` (0 = all) keeps the first items in sample-id order: a deterministic subset.
+    """
+    items = []
+    for sample, images in samples:
+        if not _selected(spec, sample):
+            continue
+        prompt = sample["messages"][0]["content"] if spec["prompt"] == "sample" else spec["prompt"]
+        if sample["messages"][0]["role"] != "user":
+            raise ValueError(f"eval sample {sample['id']} ({sample['source']}) does not start with a user turn")
+        items.append(Item(sample_id=sample["id"], source=sample["source"], category=sample["category"],
+                          prompt=prompt, images=tuple(images), target=_target(spec, sample),
+                          choices=tuple(sample.get("choices") or ())))
+    items.sort(key=lambda it: it.sample_id)
+    if max_items:
+        items = items[:max_items]
+    if not items:
+        raise ValueError(f"task {spec['name']} selects no eval samples with {spec['select']}: is the eval pool "
+                         f"of the ingest artifact built with this source?")
+    if "mc_accuracy" in spec["metrics"]:
+        no_choice = [it.sample_id for it in items if len(it.choices) < 2]
+        if no_choice:
+            raise ValueError(f"task {spec['name']}: samples {no_choice[:5]} have fewer than 2 choices; "
+                             f"multiple choice needs the eval sample's 'choices'")
+    pinned = {"spec": spec, "items": [[it.sample_id, it.prompt, it.target, list(it.choices)] for it in items]}
+    return Task(spec=spec, items=tuple(items), digest=digest_json(pinned))

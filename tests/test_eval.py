@@ -1,0 +1,198 @@
+"""Evaluation: scoring matches plain forwards, tasks are hash-pinned, results are cached by content digests."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from llava_ov.eval import runner
+from llava_ov.eval.blind import BlindBaseline, question_pattern
+from llava_ov.eval.cache import ResultCache
+from llava_ov.eval.checkpoint import load_checkpoint
+from llava_ov.eval.runner import category_metrics, evaluate
+from llava_ov.eval.scoring import Prompt, Scorer
+from llava_ov.eval.tasks import build_task, load_spec
+from llava_ov.model import LlavaOV15ForConditionalGeneration
+from llava_ov.model.presets import build_config
+from llava_ov.text.tokenizer import special_ids, train_bpe
+from llava_ov.vision.image_processing import ImageProcessor
+
+COLOURS = ["red", "blue", "green", "yellow"]
+
+
+def png(colour: str, size: int = 64) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def write_checkpoint(folder, seed: int) -> None:
+    """A tiny LLaVA-OV-1.5 Hugging Face folder (random weights from ``seed``)."""
+    tok = train_bpe(["what color is the shape? " + " ".join(COLOURS) + " yes no circle"] * 20, 300)
+    ids = special_ids(tok)
+    cfg = build_config("tiny", vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2),
+                       text=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, head_dim=16, vocab_size=len(tok)),
+                       image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                       vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    torch.manual_seed(seed)
+    LlavaOV15ForConditionalGeneration(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    ImageProcessor(min_pixels=56 * 56, max_pixels=84 * 84).save(folder)
+
+
+def eval_samples(n: int = 6) -> list[tuple[dict, list[bytes]]]:
+    out = []
+    for i in range(n):
+        colour = COLOURS[i % len(COLOURS)]
+        out.append(({"id": f"s{i:02d}", "source": "easyvqa", "category": "general_vqa", "task": "easyvqa",
+                     "answer": colour, "choices": sorted(COLOURS),
+                     "messages": [{"role": "user", "content": "<image>\nwhat color is the shape?"},
+                                  {"role": "assistant", "content": colour}]}, [png(colour, 48 + 8 * i)]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    write_checkpoint(folder, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scorer(ckpt_dir):
+    return Scorer(load_checkpoint(ckpt_dir), batch_size=3, vision_batch=2, progress=False)
+
+
+def test_shared_prefix_loglikelihood_equals_separate_forwards(scorer):
+    items = [(Prompt("<image>\nwhat color is the shape?", (png("red"),)), ["red", "blue", "yellow circle"]),
+             (Prompt("<image>\nis there a circle?", (png("blue", 80),)), ["yes", "no"]),
+             (Prompt("what color is the shape?"), ["green"])]
+    scores = scorer.loglikelihood(items)
+    model = scorer.ckpt.model
+    for (prompt, conts), got in zip(items, scores):
+        ids = scorer.encode_prompt(prompt)
+        pix = [scorer.ckpt.images(b) for b in prompt.images]
+        extra = dict(pixel_values=torch.cat([torch.from_numpy(p) for p, _ in pix]),
+                     image_grid_thw=torch.tensor([g for _, g in pix])) if pix else {}
+        for cont, score in zip(conts, got):
+            cid = scorer.encode_continuation(cont, close_turn=True)
+            with torch.no_grad():
+                lp = model(input_ids=torch.tensor([ids + cid]), **extra).logits[0].float().log_softmax(-1)
+            want = sum(float(lp[len(ids) - 1 + k, t]) for k, t in enumerate(cid))
+            assert score.tokens == len(cid)
+            assert score.logprob == pytest.approx(want, abs=1e-4)
+
+
+def test_batched_generation_equals_one_at_a_time(scorer):
+    prompts = [Prompt("<image>\nwhat color is the shape?", (png(c, 48 + 16 * i),)) for i, c in enumerate(COLOURS)]
+    batched = scorer.generate(prompts, max_new_tokens=4)
+    assert batched == [scorer.generate([p], max_new_tokens=4)[0] for p in prompts]
+
+
+def test_task_digest_pins_spec_and_answers():
+    spec = load_spec("easyvqa")
+    samples = eval_samples()
+    task = build_task(spec, samples)
+    assert [it.sample_id for it in task.items] == sorted(s["id"] for s, _ in samples)
+    assert build_task(spec, list(reversed(samples))).digest == task.digest  # order of the pool is irrelevant
+    changed = [(dict(s, answer="blue") if s["id"] == "s00" else s, im) for s, im in samples]
+    assert build_task(spec, changed).digest != task.digest
+    assert build_task(dict(spec, max_new_tokens=3), samples).digest != task.digest
+    assert len(build_task(spec, samples, max_items=2).items) == 2
+
+
+def test_task_errors_name_the_problem(tmp_path):
+    no_choices = [(dict(s, choices=[]), im) for s, im in eval_samples()]
+    with pytest.raises(ValueError, match="fewer than 2 choices"):
+        build_task(load_spec("easyvqa"), no_choices)
+    with pytest.raises(ValueError, match="selects no eval samples"):
+        build_task(load_spec("digits"), eval_samples())
+    (tmp_path / "bad.yaml").write_text("name: bad\nmetrics: [bleu]\n")
+    with pytest.raises(ValueError, match="missing keys"):
+        load_spec("bad", tmp_path)
+
+
+def test_caption_task_uses_the_align_templates():
+    samples = [({"id": "e1", "source": "emoji", "category": "caption", "task": "emoji", "answer": "joker",
+                 "choices": ["joker", "bacon"], "messages": [{"role": "user", "content": "<image>\nname?"}]},
+                [png("red")])]
+    task = build_task(load_spec("caption"), samples)
+    assert task.items[0].target == "A joker emoji."
+    assert task.items[0].prompt == "<image>\nGive a short caption."
+
+
+def test_normalised_exact_match():
+    task = build_task(load_spec("easyvqa"), eval_samples())
+    assert task.normalise("  Red. ") == task.normalise("red") == "red"
+    assert task.normalise("top-left") == "top left"
+
+
+def test_cache_reuses_unchanged_pairs_and_never_serves_a_replaced_checkpoint(tmp_path, monkeypatch):
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, seed=0)
+    tasks = [build_task(load_spec("easyvqa"), eval_samples())]
+    cache = ResultCache(tmp_path / "cache")
+    digest0, first = evaluate(folder, tasks, cache, batch_size=4, progress=False)
+    assert (cache.hits, cache.misses) == (0, 1)
+    assert len(list((tmp_path / "cache").glob(f"{digest0}-{tasks[0].digest}-*.json"))) == 1
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("an unchanged (checkpoint, task) pair must not load the model")
+
+    monkeypatch.setattr(runner, "load_checkpoint", no_model)
+    _, again = evaluate(folder, tasks, cache, batch_size=4, progress=False)
+    assert again == first and cache.hits == 1
+    monkeypatch.undo()
+
+    write_checkpoint(folder, seed=1)  # a new checkpoint at the same path
+    digest1, replaced = evaluate(folder, tasks, cache, batch_size=4, progress=False)
+    assert digest1 != digest0 and cache.misses == 2
+    assert replaced["easyvqa"]["checkpoint_digest"] == digest1
+    assert [r["loss"] for r in replaced["easyvqa"]["samples"]] != [r["loss"] for r in first["easyvqa"]["samples"]]
+
+    cache.path(f"{digest1}-{tasks[0].digest}-{runner.code_digest()}").write_text("{truncated")
+    _, recomputed = evaluate(folder, tasks, cache, batch_size=4, progress=False)
+    assert recomputed == replaced and cache.misses == 3
+
+
+def test_results_are_deterministic_and_reconcile(ckpt_dir, tmp_path):
+    tasks = [build_task(load_spec("easyvqa"), eval_samples())]
+    _, a = evaluate(ckpt_dir, tasks, ResultCache(tmp_path / "a"), batch_size=4, progress=False)
+    _, b = evaluate(ckpt_dir, tasks, ResultCache(tmp_path / "b"), batch_size=2, progress=False)
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    summary, samples = a["easyvqa"]["summary"], a["easyvqa"]["samples"]
+    assert summary["samples"] == len(samples) == 6
+    assert summary["mc_accuracy"] == pytest.approx(sum(r["mc_correct"] for r in samples) / 6)
+    assert all(r["mc_choice"] in COLOURS for r in samples)
+    cats = category_metrics(a)
+    assert cats == {"general_vqa": {"accuracy": summary["accuracy"], "mc_accuracy": summary["mc_accuracy"],
+                                    "samples": 6}}
+
+
+def test_blind_baseline_most_frequent_answer_per_pattern():
+    train = [("easyvqa", [{"role": "user", "content": "<image>\nis there a red shape?"},
+                          {"role": "assistant", "content": "no"},
+                          {"role": "user", "content": "what color is the shape?"},
+                          {"role": "assistant", "content": "blue"}]),
+             ("easyvqa", [{"role": "user", "content": "<image>\nis there a blue shape?"},
+                          {"role": "assistant", "content": "no"}]),
+             ("easyvqa", [{"role": "user", "content": "<image>\nis there a green shape?"},
+                          {"role": "assistant", "content": "yes"}]),
+             ("easyvqa", [{"role": "user", "content": "<image>\nwhat color is the shape?"},
+                          {"role": "assistant", "content": "red"},
+                          {"role": "user", "content": "what color is the shape?"},
+                          {"role": "assistant", "content": "red"}])]
+    blind = BlindBaseline.fit(train)
+    assert question_pattern("<image>\nIs there a RED shape?", blind.vocab["easyvqa"]) == "is there a <a> shape ?"
+    assert blind.answer("easyvqa", "<image>\nis there a yellow shape?") == "no"
+    assert blind.answer("easyvqa", "what color is the shape?") == "red"
+    assert blind.answer("easyvqa", "how big is it?") == "no"  # unseen pattern: most frequent overall (tie → "no")
+    assert BlindBaseline(**blind.to_json()).table == blind.table
+    task = build_task(load_spec("easyvqa"), eval_samples(4))  # answers red, blue, green, yellow
+    assert blind.accuracy(task) == 0.25
