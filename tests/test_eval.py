@@ -196,3 +196,30 @@ def test_blind_baseline_most_frequent_answer_per_pattern():
     assert BlindBaseline(**blind.to_json()).table == blind.table
     task = build_task(load_spec("easyvqa"), eval_samples(4))  # answers red, blue, green, yellow
     assert blind.accuracy(task) == 0.25
+
+
+def test_report_builds_sections_from_whatever_is_built(tmp_path):
+    from llava_ov.eval.report import build_report
+
+    root, out = tmp_path / "proj", tmp_path / "out"
+    (root / "metrics").mkdir(parents=True)
+    out.mkdir()
+    for stage, acc in (("stage0", 0.0), ("stage2", 0.9)):
+        (root / "metrics" / f"eval_{stage}.json").write_text(json.dumps({
+            "easyvqa": {"accuracy": acc, "mc_accuracy": 0.5 + acc / 2, "loss": 3 - acc, "blind_accuracy": 0.678,
+                        "samples": 10},
+            "category": {"general_vqa": {"accuracy": acc, "mc_accuracy": 0.5, "samples": 10}}, "seconds": 3.0}))
+    live = root / "plots" / "train_stage1" / "plots" / "metrics"
+    live.mkdir(parents=True)
+    (live / "loss.tsv").write_text("timestamp\tstep\tloss\n0\t0\t5.0\n0\t1\t4.0\n")
+    summary = build_report(root, out, ["stage0", "stage1", "stage2"], ["stage1"], ["stage1"],
+                           ["eval_stage0", "eval_stage2"])
+    assert summary["eval_stages"] == ["stage0", "stage2"] and summary["train_stages"] == ["stage1"]
+    assert summary["missing"] == ["concept coverage", "pack fill"]
+    md = (out / "report.md").read_text()
+    assert "| easyvqa | accuracy | 0.000 | 0.900 | 0.678 |" in md
+    assert "Not built yet: concept coverage, pack fill." in md
+    assert {p.name for p in out.glob("*.png")} == {"eval_by_category.png", "loss_curves.png", "wall_time.png"}
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    build_report(root, out, ["stage0", "stage1", "stage2"], ["stage1"], ["stage1"], ["eval_stage0", "eval_stage2"])
+    assert first == {p.name: p.read_bytes() for p in out.iterdir()}  # byte-identical: no timestamps

@@ -1,0 +1,192 @@
+"""The build report: what each stage bought, as Markdown + HTML with PNG plots (matplotlib, Agg).
+
+Inputs are the small files other stages already write: ``metrics/eval_<stage>.json`` (accuracy per task and
+category, blind baseline), ``metrics/balance.json`` (concept coverage), pack plans + lengths (pack fill),
+DVCLive training logs (``plots/train_<stage>/plots/metrics/loss.tsv``) and every stage's ``seconds``. A section
+whose inputs are not built yet says so instead of failing, so the report can be built at any point of the graph.
+Plots carry no timestamps: the same inputs give byte-identical PNGs.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+PNG_META = {"Software": None}  # no version string: PNG bytes depend on the data only
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _save(fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata=PNG_META)
+    plt.close(fig)
+    return path.name
+
+
+def eval_table(evals: dict[str, dict]) -> list[list[str]]:
+    """Rows: task × (accuracy, mc_accuracy, loss) per stage, with the blind baseline beside accuracy."""
+    stages = list(evals)
+    tasks = sorted({t for m in evals.values() for t, v in m.items() if isinstance(v, dict) and "samples" in v})
+    rows = [["task", "metric", *stages, "blind"]]
+    for task in tasks:
+        for metric in ("accuracy", "mc_accuracy", "loss"):
+            values = [evals[s].get(task, {}).get(metric) for s in stages]
+            if all(v is None for v in values):
+                continue
+            blind = next((evals[s][task].get("blind_accuracy") for s in stages if task in evals[s]), None)
+            rows.append([task, metric, *("" if v is None else f"{v:.3f}" for v in values),
+                         f"{blind:.3f}" if metric == "accuracy" and blind is not None else ""])
+    return rows
+
+
+def plot_eval(evals: dict[str, dict], out: Path) -> str:
+    stages = list(evals)
+    cats = sorted({c for m in evals.values() for c in m.get("category", {})})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = 0.8 / max(1, len(stages))
+    for ax, metric in zip(axes, ("mc_accuracy", "accuracy")):
+        for i, stage in enumerate(stages):
+            vals = [evals[stage].get("category", {}).get(c, {}).get(metric, 0.0) for c in cats]
+            ax.bar(np.arange(len(cats)) + i * width, vals, width, label=stage)
+        ax.set_xticks(np.arange(len(cats)) + 0.4 - width / 2, cats, rotation=20, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{metric} per category")
+    axes[0].legend(fontsize=8)
+    return _save(fig, out / "eval_by_category.png")
+
+
+def plot_losses(curves: dict[str, list[tuple[int, float]]], out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    offset = 0
+    for stage, points in curves.items():
+        steps = [offset + s for s, _ in points]
+        ax.plot(steps, [v for _, v in points], label=stage)
+        offset = steps[-1] + 1 if steps else offset
+    ax.set_xlabel("step (stages back to back)")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=8)
+    return _save(fig, out / "loss_curves.png")
+
+
+def plot_coverage(balance: dict, out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    names = ["before (pool)", "random subset", "balanced subset"]
+    ax.bar(names, [balance["coverage_before"], balance["coverage_random"], balance["coverage_after"]],
+           color=["gray", "tab:orange", "tab:green"])
+    ax.set_ylabel("concept coverage")
+    ax.set_title(f"{balance.get('method', '')}: {balance['selected']} of {balance['pool']}")
+    return _save(fig, out / "concept_coverage.png")
+
+
+def pack_fills(plan: Path, lengths: dict[str, int], capacity: int) -> np.ndarray:
+    """Fill fraction of every pack of a pack plan."""
+    rows = pq.read_table(plan, columns=["pack", "sample_id"]).to_pydict()
+    totals: dict[int, int] = {}
+    for pack, sid in zip(rows["pack"], rows["sample_id"]):
+        totals[pack] = totals.get(pack, 0) + lengths[sid]
+    return np.array([totals[p] for p in sorted(totals)], dtype=float) / capacity
+
+
+def plot_fill(fills: dict[str, np.ndarray], out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for stage, f in fills.items():
+        ax.hist(f, bins=np.linspace(0, 1, 41), alpha=0.6, label=f"{stage} (mean {f.mean():.3f})")
+    ax.set_xlabel("pack fill (tokens / capacity)")
+    ax.set_ylabel("packs")
+    ax.legend(fontsize=8)
+    return _save(fig, out / "pack_fill.png")
+
+
+def plot_times(seconds: dict[str, float], out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(seconds) + 1))
+    names = list(seconds)
+    ax.barh(names, [seconds[n] for n in names])
+    ax.invert_yaxis()
+    ax.set_xlabel("wall time (s)")
+    return _save(fig, out / "wall_time.png")
+
+
+def read_loss(live_dir: Path) -> list[tuple[int, float]] | None:
+    path = live_dir / "plots" / "metrics" / "loss.tsv"
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f, delimiter="\t")]
+
+
+def _md_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+
+
+def _html_table(rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f"<table border=1 cellpadding=3><tr>{head}</tr>{body}</table>"
+
+
+def build_report(root: Path, out: Path, eval_stages: list[str], train_stages: list[str],
+                 pack_stages: list[str], timed: list[str]) -> dict:
+    """Write ``report.md``, ``report.html`` and the PNGs into ``out``; return a summary (sections built)."""
+    metrics = root / "metrics"
+    sections: list[tuple[str, str | None, list[list[str]] | None, str]] = []  # title, png, table, note
+
+    evals = {s: m for s in eval_stages if (m := _read_json(metrics / f"eval_{s}.json")) is not None}
+    if evals:
+        sections.append(("Evaluation per stage", plot_eval(evals, out), eval_table(evals),
+                         "accuracy = greedy generation, normalised exact match; mc_accuracy = log-likelihood "
+                         "multiple choice; loss = NLL per answer token; blind = most frequent training answer "
+                         "per question pattern (no image)."))
+    curves = {s: c for s in train_stages if (c := read_loss(root / "plots" / f"train_{s}"))}
+    if curves:
+        sections.append(("Training loss per stage", plot_losses(curves, out), None, ""))
+    balance = _read_json(metrics / "balance.json")
+    if balance:
+        sections.append(("Concept coverage before/after balancing", plot_coverage(balance, out), None, ""))
+    lengths_path = root / "artifacts" / "lengths" / "lengths.parquet"
+    fills = {}
+    if lengths_path.is_file():
+        lt = pq.read_table(lengths_path, columns=["sample_id", "total"]).to_pydict()
+        lengths = dict(zip(lt["sample_id"], lt["total"]))
+        for s in pack_stages:
+            plan, pm = root / "artifacts" / f"pack_{s}" / "plan.parquet", _read_json(metrics / f"pack_{s}.json")
+            if plan.is_file() and pm:
+                fills[s] = pack_fills(plan, lengths, pm["capacity"])
+    if fills:
+        sections.append(("Pack fill", plot_fill(fills, out), None, ""))
+    seconds = {n: m["seconds"] for n in timed if (m := _read_json(metrics / f"{n}.json")) and "seconds" in m}
+    if seconds:
+        sections.append(("Wall time per stage", plot_times(seconds, out),
+                         [["stage", "seconds"], *([n, f"{v:.1f}"] for n, v in seconds.items())], ""))
+
+    md = ["# llava-ov build report", ""]
+    body = ["<h1>llava-ov build report</h1>"]
+    for title, png, table, note in sections:
+        md += [f"## {title}", "", f"![{title}]({png})", ""]
+        body += [f"<h2>{html.escape(title)}</h2>", f'<img src="{png}">']
+        if table:
+            md += [_md_table(table), ""]
+            body.append(_html_table(table))
+        if note:
+            md += [note, ""]
+            body.append(f"<p>{html.escape(note)}</p>")
+    missing = [name for name, ok in [("evaluation", evals), ("training loss", curves), ("concept coverage", balance),
+                                     ("pack fill", fills), ("wall time", seconds)] if not ok]
+    if missing:
+        md += [f"Not built yet: {', '.join(missing)}.", ""]
+        body.append(f"<p>Not built yet: {html.escape(', '.join(missing))}.</p>")
+    (out / "report.md").write_text("\n".join(md))
+    (out / "report.html").write_text("<!doctype html><html><body>" + "\n".join(body) + "</body></html>\n")
+    return {"sections": len(sections), "missing": missing, "eval_stages": list(evals), "train_stages": list(curves)}
