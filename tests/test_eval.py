@@ -219,7 +219,8 @@ def test_report_builds_sections_from_whatever_is_built(tmp_path):
     md = (out / "report.md").read_text()
     assert "| easyvqa | accuracy | 0.000 | 0.900 | 0.678 |" in md
     assert "Not built yet: concept coverage, pack fill." in md
-    assert {p.name for p in out.glob("*.png")} == {"eval_by_category.png", "loss_curves.png", "wall_time.png"}
+    assert {p.name for p in out.glob("*.png")} == {"eval_by_category.png", "eval_per_stage.png", "loss_curves.png",
+                                                  "wall_time.png"}
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     build_report(root, out, ["stage0", "stage1", "stage2"], ["stage1"], ["stage1"], ["eval_stage0", "eval_stage2"])
     assert first == {p.name: p.read_bytes() for p in out.iterdir()}  # byte-identical: no timestamps

@@ -67,6 +67,25 @@ def plot_eval(evals: dict[str, dict], out: Path) -> str:
     return _save(fig, out / "eval_by_category.png")
 
 
+def plot_headline(evals: dict[str, dict], out: Path) -> str:
+    """The expected direction per stage: caption loss falls through stage1_5; easy-vqa accuracies vs blind."""
+    stages = list(evals)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    left.plot(stages, [evals[s].get("caption", {}).get("loss", np.nan) for s in stages], marker="o")
+    left.set_title("held-out caption loss (NLL/token)")
+    for metric in ("accuracy", "mc_accuracy"):
+        right.plot(stages, [evals[s].get("easyvqa", {}).get(metric, np.nan) for s in stages], marker="o",
+                   label=metric)
+    blind = next((evals[s]["easyvqa"]["blind_accuracy"] for s in stages if "blind_accuracy" in
+                  evals[s].get("easyvqa", {})), None)
+    if blind is not None:
+        right.axhline(blind, linestyle="--", color="gray", label="blind baseline")
+    right.set_ylim(0, 1)
+    right.set_title("easy-vqa test split")
+    right.legend(fontsize=8)
+    return _save(fig, out / "eval_per_stage.png")
+
+
 def plot_losses(curves: dict[str, list[tuple[int, float]]], out: Path) -> str:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     offset = 0
@@ -145,7 +164,8 @@ def build_report(root: Path, out: Path, eval_stages: list[str], train_stages: li
 
     evals = {s: m for s in eval_stages if (m := _read_json(metrics / f"eval_{s}.json")) is not None}
     if evals:
-        sections.append(("Evaluation per stage", plot_eval(evals, out), eval_table(evals),
+        sections.append(("Headline metrics per stage", plot_headline(evals, out), None, ""))
+        sections.append(("Evaluation per stage and category", plot_eval(evals, out), eval_table(evals),
                          "accuracy = greedy generation, normalised exact match; mc_accuracy = log-likelihood "
                          "multiple choice; loss = NLL per answer token; blind = most frequent training answer "
                          "per question pattern (no image)."))
