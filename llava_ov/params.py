@@ -35,8 +35,8 @@ def project_root() -> Path:
 def load_params(root: Path | None = None) -> dict:
     """The whole of ``params.yaml`` as a dict."""
     root = root or project_root()
-    with open(root / PARAMS_FILE) as f:
-        return yaml.safe_load(f) or {}
+    with open(root / PARAMS_FILE) as f:  # YAML 1.2 like DVC: `1e-05` is a float, as ruamel writes it
+        return YAML(typ="safe", pure=True).load(f) or {}
 
 
 def section(name: str, root: Path | None = None) -> dict:

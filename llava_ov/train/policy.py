@@ -51,12 +51,12 @@ def policy(stage: str, train: dict, seed: int) -> Policy:
     common, own = train["common"], train[stage]
     if own["trainable"] not in TRAINABLE:
         raise ValueError(f"params.yaml train.{stage}.trainable is {own['trainable']!r}; expected one of {TRAINABLE}")
-    if own["steps"] < 1 or common["micro_batch"] < 1 or common["grad_accum"] < 1:
+    if own["steps"] < 1 or common["micro_batch"] < 1 or own["grad_accum"] < 1:
         raise ValueError(f"params.yaml train: steps, micro_batch and grad_accum must be >= 1 (stage {stage})")
     return Policy(stage=stage, pool_artifact=f"artifacts/pack_{stage}", init_artifact=f"artifacts/{PREVIOUS[stage]}",
                   trainable=own["trainable"], steps=int(own["steps"]), lr=float(own["lr"]),
                   weight_decay=float(own["weight_decay"]), beta2=float(own["beta2"]),
-                  micro_batch=int(common["micro_batch"]), grad_accum=int(common["grad_accum"]),
+                  micro_batch=int(common["micro_batch"]), grad_accum=int(own["grad_accum"]),
                   beta1=float(common["beta1"]), eps=float(common["eps"]), clip_grad=float(common["clip_grad"]),
                   min_lr=float(common["min_lr"]), warmup_fraction=float(common["warmup_fraction"]), seed=int(seed))
 

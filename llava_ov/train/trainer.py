@@ -64,14 +64,6 @@ class Result:
     metrics: dict
 
 
-def _load_shard(model: LlavaOVMegatron, shard: dict) -> None:
-    missing, unexpected = model.load_state_dict(shard, strict=False)
-    missing = [k for k in missing if not k.endswith("_extra_state")]
-    if missing or unexpected:
-        raise RuntimeError(f"converted checkpoint does not fit the megatron model: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
-
-
 def _gathered(output: torch.Tensor) -> torch.Tensor:
     return gather_from_tensor_model_parallel_region(output) if parallel_state.get_tensor_model_parallel_world_size() > 1 \
         else output
@@ -115,18 +107,59 @@ def _micro_batches(stream, policy: Policy) -> list[dict]:
     return taken[rank::dp]
 
 
-def _optimizer(model: DistributedDataParallel, policy: Policy):
+def load_model(init_dir: Path, parallel: Parallel) -> tuple[LlavaOVMegatron, LlavaOV15Config]:
+    """This rank's shard of the HF checkpoint in ``init_dir``, converted and loaded into a megatron model."""
+    hf_config = LlavaOV15Config.from_pretrained(init_dir)
+    hf_state = load_file(init_dir / "model.safetensors")
+    if "lm_head.weight" not in hf_state and hf_config.tie_word_embeddings:  # megatron keeps an untied copy
+        hf_state["lm_head.weight"] = hf_state["model.language_model.embed_tokens.weight"]
+    shard = hf_to_megatron(hf_state, hf_config, parallel.tp, parallel.pp)[
+        (parallel.pp_rank, parallel_state.get_tensor_model_parallel_rank())]
+    del hf_state
+    model = LlavaOVMegatron(hf_config, parallel, padded_vocab(hf_config.text_config.vocab_size, parallel.tp))
+    missing, unexpected = model.load_state_dict(shard, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise RuntimeError(f"converted checkpoint does not fit the megatron model: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    return model, hf_config
+
+
+def prepare(model: LlavaOVMegatron, policy: Policy):
+    """Freeze per policy, wrap in megatron DDP, build the distributed optimizer and the lr schedule."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(is_trainable(name, policy.trainable))
+    with compat.device_scope():
+        ddp = DistributedDataParallel(config=model.config, module=model, ddp_config=DistributedDataParallelConfig(
+            use_distributed_optimizer=True, grad_reduce_in_fp32=True, overlap_grad_reduce=False))
     cfg = OptimizerConfig(optimizer="adam", lr=policy.lr, min_lr=policy.min_lr, weight_decay=policy.weight_decay,
                           adam_beta1=policy.beta1, adam_beta2=policy.beta2, adam_eps=policy.eps,
                           clip_grad=policy.clip_grad, use_distributed_optimizer=True, bf16=False, fp16=False,
                           params_dtype=torch.float32)
     with compat.device_scope():
-        optimizer = get_megatron_optimizer(cfg, [model])
+        optimizer = get_megatron_optimizer(cfg, [ddp])
     scheduler = OptimizerParamScheduler(
         optimizer, init_lr=0.0, max_lr=policy.lr, min_lr=policy.min_lr, lr_warmup_steps=policy.warmup_steps,
         lr_decay_steps=policy.steps, lr_decay_style="cosine", start_wd=policy.weight_decay,
         end_wd=policy.weight_decay, wd_incr_steps=policy.steps, wd_incr_style="constant")
-    return optimizer, scheduler
+    model.config.finalize_model_grads_func = finalize_model_grads
+    model.config.no_sync_func = ddp.no_sync
+    return ddp, optimizer, scheduler
+
+
+def train_step(ddp: DistributedDataParallel, optimizer, batches: list[dict]) -> tuple[torch.Tensor, float]:
+    """One optimizer step over this rank's micro-batches: ([summed loss, loss tokens] on this rank, grad norm)."""
+    ddp.zero_grad_buffer()
+    optimizer.zero_grad()
+    length = batches[0]["input_ids"].numel()
+    with compat.device_scope():
+        reports = get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=iter(batches), model=[ddp], num_microbatches=len(batches),
+            seq_length=length, micro_batch_size=1, forward_only=False)
+        ok, grad_norm, _ = optimizer.step()
+    if not ok:
+        raise RuntimeError("optimizer step failed (non-finite gradients)")
+    return sum((r["lm loss"] for r in reports), torch.zeros(2)), float(grad_norm or 0.0)
 
 
 def _live(run: Run, history: list[dict]):
@@ -153,20 +186,11 @@ def train(policy: Policy, run: Run, init_dir: Path, packs: Artifact, identity: d
     torch.set_num_threads(run.threads)
     parallel = init(run.tp, run.pp)
     torch.manual_seed(policy.seed)
-    hf_config = LlavaOV15Config.from_pretrained(init_dir)
-    hf_state = load_file(init_dir / "model.safetensors")
-    if "lm_head.weight" not in hf_state and hf_config.tie_word_embeddings:  # megatron keeps an untied copy
-        hf_state["lm_head.weight"] = hf_state["model.language_model.embed_tokens.weight"]
-    shard = hf_to_megatron(hf_state, hf_config, run.tp, run.pp)[
-        (parallel.pp_rank, parallel_state.get_tensor_model_parallel_rank())]
-    del hf_state
-    model = LlavaOVMegatron(hf_config, parallel, padded_vocab(hf_config.text_config.vocab_size, run.tp))
-    _load_shard(model, shard)
+    model, hf_config = load_model(init_dir, parallel)
 
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
     pad_id = special_ids(tokenizer)["<|endoftext|>"]
     loader = PackedLoader(packs, policy.micro_batch, pad_id, ImageProcessor.load(init_dir), seed=policy.seed)
-    length = policy.micro_batch * loader.capacity
     step = checkpoint.prepare(run.checkpoints, identity)
     diff = None
     if step is None:  # a fresh start converts: gate it on the logit check
@@ -176,16 +200,8 @@ def train(policy: Policy, run: Run, init_dir: Path, packs: Artifact, identity: d
             raise RuntimeError(f"HF -> megatron conversion check failed: max |logit diff| {diff:.3g} > tolerance "
                                f"{run.logit_tolerance} (params.yaml train.common.logit_tolerance)")
 
-    n_trainable = 0
-    for name, param in model.named_parameters():
-        param.requires_grad_(is_trainable(name, policy.trainable))
-        n_trainable += param.numel() if param.requires_grad else 0
-    with compat.device_scope():
-        ddp = DistributedDataParallel(config=model.config, module=model, ddp_config=DistributedDataParallelConfig(
-            use_distributed_optimizer=True, grad_reduce_in_fp32=True, overlap_grad_reduce=False))
-    optimizer, scheduler = _optimizer(ddp, policy)
-    model.config.finalize_model_grads_func = finalize_model_grads
-    model.config.no_sync_func = ddp.no_sync
+    ddp, optimizer, scheduler = prepare(model, policy)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     history: list[dict] = []
     start = 0
@@ -196,7 +212,6 @@ def train(policy: Policy, run: Run, init_dir: Path, packs: Artifact, identity: d
         history, start, diff = common["history"], step, common["logit_max_abs_diff"]
     live = _live(run, history)
     stream = iter(loader)
-    forward_backward = get_forward_backward_func()
     t_start = time.perf_counter()
     progress = tqdm(range(start, policy.steps), desc=f"train {policy.stage}", unit="step",
                     disable=dist.get_rank() != 0, initial=start, total=policy.steps)
@@ -204,17 +219,8 @@ def train(policy: Policy, run: Run, init_dir: Path, packs: Artifact, identity: d
         t0 = time.perf_counter()
         batches = _micro_batches(stream, policy)
         tokens = torch.tensor(float(sum(int((b["input_ids"] != pad_id).sum()) for b in batches)))
-        ddp.zero_grad_buffer()
-        optimizer.zero_grad()
-        with compat.device_scope():
-            reports = forward_backward(forward_step_func=forward_step, data_iterator=iter(batches), model=[ddp],
-                                       num_microbatches=policy.grad_accum, seq_length=length, micro_batch_size=1,
-                                       forward_only=False)
-            ok, grad_norm, _ = optimizer.step()
-        if not ok:
-            raise RuntimeError(f"{policy.stage} step {it}: optimizer step failed (non-finite gradients)")
+        loss, grad_norm = train_step(ddp, optimizer, batches)
         scheduler.step(increment=1)
-        loss = sum((r["lm loss"] for r in reports), torch.zeros(2))
         if parallel_state.get_tensor_model_parallel_rank() != 0:
             loss.zero_()  # one copy per data-parallel replica (the last stage holds it)
         tokens = tokens if parallel_state.is_pipeline_first_stage() and \
@@ -224,7 +230,7 @@ def train(policy: Policy, run: Run, init_dir: Path, packs: Artifact, identity: d
         seconds = time.perf_counter() - t0
         row = {"step": it, "loss": float(summed[0] / summed[1].clamp(min=1)), "lr": scheduler.get_lr(
             optimizer.param_groups[0]), "tokens": float(summed[2]), "loss_tokens": float(summed[1]),
-            "grad_norm": float(grad_norm or 0.0), "tokens_per_s": float(summed[2]) / seconds}
+            "grad_norm": grad_norm, "tokens_per_s": float(summed[2]) / seconds}
         history.append(row)
         if live is not None:
             _log(live, row)
