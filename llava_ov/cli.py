@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from llava_ov import params as params_mod
+from llava_ov import experiments
 from llava_ov.artifacts import digest_dir
 from llava_ov.plan import PEAK_FLOPS, compare_published, epochs_for_steps, format_table, stage_cost
 from llava_ov.plan_inputs import StageData, built_stage_data, model_shapes, training_setup
@@ -117,6 +118,35 @@ def plan(stages: tuple[str, ...], samples: float | None, text_tokens: float | No
     for cost in costs:
         if name == "8b" and cost.name == "stage1_5":
             click.echo(compare_published(cost))
+
+
+@main.command()
+@click.option("--metric", "metrics", multiple=True, metavar="FILE:KEY",
+              help="metric to show, `*` wildcards allowed, e.g. 'eval_stage2:category.*.mc_accuracy' (repeatable; "
+                   "default: balance selection, final losses, eval_stage2 caption loss and accuracies)")
+@click.option("--param", "params", multiple=True, metavar="KEY",
+              help="param to show even where it does not differ, e.g. 'balance.mix.*' (repeatable)")
+@click.option("--workspace", is_flag=True, help="add the workspace as a column")
+@click.option("--json", "json_file", type=click.File("r"), help="read `dvc exp show --json` output from this file "
+              "('-' for stdin) instead of running it")
+def compare(metrics: tuple[str, ...], params: tuple[str, ...], workspace: bool, json_file) -> None:
+    """Compare experiments: the params that differ and chosen metrics, one column per commit/experiment.
+
+    Queue a sweep with `dvc exp run --queue -S balance.mix.emoji=2.0 ...`, run it with `dvc exp run --run-all`,
+    then `llava-ov compare`.
+    """
+    try:
+        shown = json.load(json_file) if json_file else experiments.exp_show(params_mod.project_root())
+    except (RuntimeError, json.JSONDecodeError) as e:
+        raise click.ClickException(str(e)) from e
+    cols = experiments.columns(shown, workspace=workspace)
+    experiments.mark_stale(params_mod.project_root(), cols)
+    if not cols:
+        raise click.ClickException("no commits or experiments to compare (is this a git repository with commits?)")
+    metric_keys = experiments.matched_metrics(cols, metrics or experiments.DEFAULT_METRICS)
+    if metrics and not metric_keys:
+        raise click.ClickException(f"no metric matches {list(metrics)}; keys look like 'balance:coverage_after'")
+    click.echo(experiments.format_comparison(cols, experiments.changed_params(cols, params), metric_keys))
 
 
 if __name__ == "__main__":
