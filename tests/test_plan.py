@@ -8,6 +8,7 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from llava_ov.artifacts import ArtifactWriter
@@ -185,3 +186,23 @@ def test_cli_plan_on_the_built_smoke_project(smoke_project, monkeypatch):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert int(cells[1].replace(",", "")) == metrics["samples"]
         assert float(cells[4]) == pytest.approx(metrics["fill"], abs=1e-3)
+
+
+def test_8b_profile_dry_run_prints_the_full_plan(tmp_path):
+    """Switch a fresh copy to 8b: `dvc repro --dry --force` lists every stage with its command, nothing built.
+
+    (`--force` because without it DVC's dry run stops at the first stage whose upstream output does not exist.)"""
+    from tests.project import copy_project, run
+
+    root = copy_project(tmp_path / "project")
+    run(["llava-ov", "profile", "8b"], root)
+    out = run(["dvc", "repro", "--dry", "--force"], root).stdout
+    ran = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")]
+    graph = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    expected = {f"{n}@{i}" if "foreach" in s else n for n, s in graph.items() for i in s.get("foreach", [None])}
+    assert sorted(ran) == sorted(expected)
+    commands = [line[2:] for line in out.splitlines() if line.startswith("> ")]
+    train = [c for c in commands if "-m stages.train" in c]
+    assert len(train) == 3
+    for cmd in train:  # under torchrun the process count is the 8b profile's (published quick start: 8 GPUs)
+        assert "torchrun" not in cmd or "--nproc-per-node=8" in cmd, cmd
