@@ -47,7 +47,7 @@ def run_stage(stage: str) -> None:
               save_every=int(common["save_every"]), logit_tolerance=float(common["logit_tolerance"]),
               checkpoints=Path(f"cache/train_{stage}"), live_dir=Path(f"plots/train_{stage}"))
     result = train(pol, run, init.path, packs, identity)
-    shards = gather_shards(result.model)
+    shards = gather_shards(result.model, run.checkpoints / "export")
     if dist.get_rank() == 0:
         used = {"train": {"common": common, stage: params[stage]}, "seed": seed}
         with ArtifactWriter(f"artifacts/train_{stage}", KIND, SCHEMA, params=used,

@@ -209,3 +209,31 @@ def test_megatron_backward_reaches_every_parameter(megatron_model):
     megatron_model.zero_grad()
     megatron_model.eval()
     assert no_grad == []
+
+
+def test_loss_rows_only_equals_full_loss_under_the_mask(megatron_model):
+    """With ``loss_mask`` the output layer runs on the labelled positions only; losses and gradients must be the
+    full computation's, masked."""
+    batch = packed_batch()
+    megatron_model.train()
+    ids = batch["input_ids"].reshape(1, -1)
+    labels = torch.roll(ids, -1)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[0, 5:12] = True
+    mask[0, -4:] = True
+    kw = {"pixel_values": batch["pixel_values"], "image_grid_thw": batch["image_grid_thw"]}
+    results = []
+    for extra in ({}, {"loss_mask": mask}):
+        megatron_model.zero_grad()
+        per_token = megatron_model(ids, batch["cu_seqlens"], labels=labels, **extra, **kw)
+        (per_token * mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in megatron_model.named_parameters() if p.grad is not None}
+        results.append((per_token.detach(), grads))
+    megatron_model.zero_grad()
+    megatron_model.eval()
+    (full, g_full), (rows, g_rows) = results
+    torch.testing.assert_close(rows[mask], full[mask], rtol=1e-5, atol=1e-6)
+    assert not rows[~mask].any()
+    assert g_full.keys() == g_rows.keys()
+    for name in g_full:
+        torch.testing.assert_close(g_rows[name], g_full[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -194,6 +194,17 @@ class LlavaOVMegatron(MegatronModule):
             max_sequence_length=text.max_position_embeddings, pre_process=parallel.first,
             post_process=parallel.last, share_embeddings_and_output_weights=False, position_embedding_type="rope",
             rotary_base=int(text.rope_parameters["rope_theta"]), parallel_output=True)
+        self._loss_rows: torch.Tensor | None = None
+        if self.post_process:
+            self.language_model.output_layer.register_forward_pre_hook(self._only_loss_rows)
+
+    def _only_loss_rows(self, module, args):
+        """Output-layer pre-hook: during a loss forward, keep only the hidden states of positions that have a
+        label, so the vocabulary projection (about half the LM's FLOPs at the tiny shape, and the largest
+        activation at any shape) runs on the assistant tokens instead of on every packed token."""
+        if self._loss_rows is None:
+            return None
+        return (args[0][self._loss_rows], *args[1:])
 
     def set_input_tensor(self, input_tensor) -> None:
         """Pipeline stages after the first receive hidden states instead of token ids."""
@@ -216,22 +227,33 @@ class LlavaOVMegatron(MegatronModule):
         return embeds.masked_scatter(slots[..., None], features)
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, labels: torch.Tensor | None = None,
-                pixel_values: torch.Tensor | None = None,
+                loss_mask: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
                 image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
-        """Packed micro-batch flattened to one row: ``input_ids``/``labels`` [1, t] (labels already shifted).
+        """Packed micro-batch flattened to one row: ``input_ids``/``labels``/``loss_mask`` [1, t] (labels shifted).
 
-        Returns per-token losses [1, t] when ``labels`` is given (last stage), else logits [1, t, vocab/TP]
-        (last stage) or hidden states (other stages).
+        Returns per-token losses [1, t] when ``labels`` is given (last stage; with ``loss_mask``, logits are
+        computed only where it is true and the other positions hold 0), else logits [1, t, vocab/TP] (last stage)
+        or hidden states (other stages).
         """
         decoder_input = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else None
-        out = self.language_model(input_ids=None, position_ids=None, attention_mask=None,
-                                  decoder_input=decoder_input, packed_seq_params=packed_params(cu_seqlens))
+        rows = None
+        if self.post_process and labels is not None and loss_mask is not None:
+            rows = loss_mask[0].nonzero()[:, 0]
+        self._loss_rows = rows
+        try:
+            out = self.language_model(input_ids=None, position_ids=None, attention_mask=None,
+                                      decoder_input=decoder_input, packed_seq_params=packed_params(cu_seqlens))
+        finally:
+            self._loss_rows = None
         if not self.post_process:
             return out
         logits = self._mask_padding(out)
         if labels is None:
             return logits
-        return vocab_parallel_cross_entropy(logits.float(), labels)
+        if rows is None:
+            return vocab_parallel_cross_entropy(logits.float(), labels)
+        losses = vocab_parallel_cross_entropy(logits.float(), labels[:, rows])
+        return torch.zeros(labels.shape, dtype=losses.dtype, device=losses.device).index_copy(1, rows, losses)
 
     def _mask_padding(self, logits: torch.Tensor) -> torch.Tensor:
         """-inf on this rank's padded-vocabulary columns: padding (128·TP) never changes the loss or softmax."""

@@ -44,6 +44,5 @@ def loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
 def forward_step(data_iterator, model):
     """megatron schedule hook: run one micro-batch; the loss is reduced on the last pipeline stage."""
     inputs = model_inputs(next(data_iterator))
-    loss_mask = inputs.pop("loss_mask")
-    output = model(**inputs)
-    return output, partial(loss_func, loss_mask)
+    output = model(**inputs)  # the loss mask also tells the model where logits are needed
+    return output, partial(loss_func, inputs["loss_mask"])

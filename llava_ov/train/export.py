@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+from safetensors.torch import load_file, save_file
 
 from llava_ov.megatron.convert import megatron_to_hf
 from llava_ov.model import LlavaOV15ForConditionalGeneration
@@ -20,18 +21,31 @@ from llava_ov.model import LlavaOV15ForConditionalGeneration
 WEIGHT_FILES = ("config.json", "generation_config.json", "model.safetensors")
 
 
-def gather_shards(model: torch.nn.Module) -> dict | None:
-    """All ranks call this; rank 0 gets ``{(pp_rank, tp_rank): state_dict}``, the others ``None``."""
-    mine = None
+def gather_shards(model: torch.nn.Module, exchange: Path) -> dict | None:
+    """All ranks call this; rank 0 gets ``{(pp_rank, tp_rank): state_dict}``, the others ``None``.
+
+    One process keeps its own state dict. With several, data-parallel rank 0 of each model-parallel position
+    writes its shard as safetensors into ``exchange`` (beside the stage's checkpoints, on the same file system)
+    and rank 0 reads them back: pickling tensors through ``gather_object`` took ~18 s for a 15 MB model on gloo.
+    """
+    position = (parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank())
+    own = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    if dist.get_world_size() == 1:
+        return {position: own}
+    if dist.get_rank() == 0:
+        shutil.rmtree(exchange, ignore_errors=True)
+        exchange.mkdir(parents=True)
+    dist.barrier()
     if parallel_state.get_data_parallel_rank() == 0:
-        sd = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
-        mine = ((parallel_state.get_pipeline_model_parallel_rank(),
-                 parallel_state.get_tensor_model_parallel_rank()), sd)
-    everything = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(mine, everything, dst=0)
+        save_file(own, exchange / f"pp{position[0]}_tp{position[1]}.safetensors")
+    dist.barrier()
     if dist.get_rank() != 0:
         return None
-    return dict(item for item in everything if item is not None)
+    shards = {(pp, tp): load_file(exchange / f"pp{pp}_tp{tp}.safetensors")
+              for pp in range(parallel_state.get_pipeline_model_parallel_world_size())
+              for tp in range(parallel_state.get_tensor_model_parallel_world_size())}
+    shutil.rmtree(exchange)
+    return shards
 
 
 def save_hf(shards: dict, hf_config, tp: int, pp: int, source: Path, out: Path) -> None:
