@@ -8,7 +8,7 @@ from llava_ov.base.llm_pretrain import pretrain_llm
 from llava_ov.base.sources import import_llm
 from llava_ov.data.reader import iter_samples, open_ingest
 from llava_ov.params import section
-from llava_ov.text.template import PLACEHOLDER
+from llava_ov.text.template import PLACEHOLDER, ChatEncoder
 
 KIND, SCHEMA = "llm", 1
 
@@ -23,7 +23,9 @@ def main() -> None:
         if cfg["source"] == "pretrain":
             ingest = open_ingest()
             w.inputs = {"tokenizer": tokenizer_art, "ingest": ingest}
-            documents = [" ".join(m["content"].replace(PLACEHOLDER, "").strip() for m in meta["messages"])
+            encoder = ChatEncoder(tokenizer)
+            documents = [encoder.encode([{"role": m["role"], "content": m["content"].replace(PLACEHOLDER, "").strip()}
+                                         for m in meta["messages"]], [])[0].tolist()
                          for _, meta, _ in iter_samples(ingest, tuple(cfg["pools"]))]
             model, metrics = pretrain_llm(tokenizer, documents, cfg, seed)
         else:

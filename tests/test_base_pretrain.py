@@ -35,7 +35,7 @@ def test_vit_pretraining_learns_and_is_deterministic():
     a, metrics = pretrain_vit(images, captions, cfg, processor, seed=0)
     b, _ = pretrain_vit(images, captions, cfg, processor, seed=0)
     assert _state_equal(a, b)
-    assert metrics["classes"] == 4 and metrics["final_loss"] < metrics["first_loss"]
+    assert metrics["clusters"] == 4 and metrics["final_loss"] < metrics["first_loss"]
 
 
 def test_llm_pretraining_learns_and_is_deterministic():
@@ -46,7 +46,8 @@ def test_llm_pretraining_learns_and_is_deterministic():
     cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, head_dim=8, max_position_embeddings=128, rope_theta=10000.0, seq_len=32,
                batch_size=8, steps=30, lr=0.01)
-    a, metrics = pretrain_llm(tokenizer, docs, cfg, seed=0)
-    b, _ = pretrain_llm(tokenizer, docs, cfg, seed=0)
+    ids = [tokenizer.encode(d, add_special_tokens=False) for d in docs]
+    a, metrics = pretrain_llm(tokenizer, ids, cfg, seed=0)
+    b, _ = pretrain_llm(tokenizer, ids, cfg, seed=0)
     assert _state_equal(a, b)
     assert metrics["final_loss"] < 0.6 * metrics["first_loss"]

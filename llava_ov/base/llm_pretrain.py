@@ -1,7 +1,10 @@
 """Pretrain a tiny Qwen3 causal LM on the corpora's text with the pipeline's tokenizer.
 
-Documents are the conversations' text (image placeholders removed), joined with ``<|endoftext|>`` and cut into
-fixed-length sequences: plain next-token pretraining, as a base LLM would have had before the VLM recipe.
+Documents are the corpora's conversations without their images, rendered in the pipeline's ChatML layout
+(system turn, ``<|im_start|>role`` headers, ``<|im_end|>``), joined with ``<|endoftext|>`` and cut into fixed-length
+sequences for next-token training on every token. The published recipe starts from chat models
+(Qwen3-4B-Instruct-2507, Qwen3-8B) that already speak this template; a tiny LLM trained on plain text does not, and
+then Stage-1 (merger only, LLM frozen) cannot teach a frozen LLM the reply format and learns nothing about images.
 """
 
 from __future__ import annotations
@@ -14,18 +17,19 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 
-def token_stream(tokenizer: PreTrainedTokenizerFast, documents: list[str]) -> torch.Tensor:
-    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+def token_stream(documents: list[list[int]], eos: int) -> torch.Tensor:
+    """Token ids of every document, each followed by ``eos``, as one stream."""
     ids: list[int] = []
     for doc in documents:
-        ids += tokenizer.encode(doc, add_special_tokens=False) + [eos]
+        ids += [*doc, eos]
     return torch.tensor(ids, dtype=torch.long)
 
 
-def pretrain_llm(tokenizer: PreTrainedTokenizerFast, documents: list[str], cfg: dict,
+def pretrain_llm(tokenizer: PreTrainedTokenizerFast, documents: list[list[int]], cfg: dict,
                  seed: int) -> tuple[Qwen3ForCausalLM, dict]:
+    """Train a fresh Qwen3 of the ``llm_base`` shape on tokenised ``documents``; returns it and its figures."""
     torch.manual_seed(seed)
-    stream = token_stream(tokenizer, documents)
+    stream = token_stream(documents, tokenizer.convert_tokens_to_ids("<|endoftext|>"))
     seq = cfg["seq_len"]
     n_seq = len(stream) // seq
     data = stream[: n_seq * seq].view(n_seq, seq)
