@@ -10,6 +10,7 @@ rank trains (llava_ov.train.trainer) and rank 0 exports the final megatron weigh
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from llava_ov.params import section
@@ -36,6 +37,7 @@ def run_stage(stage: str) -> None:
     from llava_ov.train.export import gather_shards, save_hf
     from llava_ov.train.trainer import Run, train
 
+    start = time.perf_counter()
     params, seed = section("train"), section("seed")
     common = params["common"]
     pol = policy(stage, params, seed)
@@ -54,7 +56,9 @@ def run_stage(stage: str) -> None:
                             inputs={"init": init, "packs": packs}) as w:
             save_hf(shards, result.hf_config, run.tp, run.pp, init.path, w.dir)
             w.stats.update({k: result.metrics[k] for k in ("steps", "tokens", "final_loss", "logit_max_abs_diff")})
-        write_json(f"metrics/train_{stage}.json", result.metrics)
+        # seconds: this rank's wall time for the whole stage (conversion + check + training + export), the key every
+        # stage's metrics share; train_seconds is the training loop alone
+        write_json(f"metrics/train_{stage}.json", {**result.metrics, "seconds": round(time.perf_counter() - start, 2)})
         print(f"train@{stage}: {result.metrics}")
     shutdown()
 
