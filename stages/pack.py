@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from transformers import AutoTokenizer
 
 from llava_ov.artifacts import ArtifactWriter, digest_file, open_artifact, write_json, write_jsonl
 from llava_ov.data.reader import iter_samples, open_ingest
+from llava_ov.packing.lengths import pool_rows
 from llava_ov.packing.materialize import write_packed_shards
 from llava_ov.packing.plan import plan_packs
 from llava_ov.params import load_params
@@ -28,9 +28,8 @@ def main(stage: str) -> None:
     ingest = open_ingest()
     tokenizer = open_artifact("artifacts/tokenizer", "tokenizer", 1)
     lengths_art = open_artifact("artifacts/lengths", "lengths", 1)
-    full = pq.read_table(lengths_art / "lengths.parquet")
-    full = full.filter(pc.is_in(full["pool"], pa.array(cfg["pools"])))
-    table = {name: full[name].to_numpy(zero_copy_only=False) for name in full.column_names}
+    rows, rows_digest = pool_rows(pq.read_table(lengths_art / "lengths.parquet"), cfg["pools"])
+    table = {name: rows[name].to_numpy(zero_copy_only=False) for name in rows.column_names}
     capacity, patch_capacity = cfg["capacity"], cfg["patch_capacity"]
     plan = plan_packs(table["total"], capacity, table["vit_patches"], patch_capacity)
     packs = [table["sample_id"][plan.members[a:b]].tolist()
@@ -44,7 +43,7 @@ def main(stage: str) -> None:
     lengths = dict(zip(table["sample_id"], table["total"].astype(int)))
     encoder = ChatEncoder(AutoTokenizer.from_pretrained(tokenizer.path))
     with ArtifactWriter(f"artifacts/pack_{stage}", KIND, SCHEMA, params={"pack": cfg, "image": image},
-                        inputs={"ingest": ingest, "tokenizer": tokenizer, "lengths": lengths_art}) as w:
+                        inputs={"ingest": ingest, "tokenizer": tokenizer, "lengths": rows_digest}) as w:
         pq.write_table(pa.table({"pack": np.repeat(np.arange(plan.n_packs), np.diff(plan.offsets)),
                                  "sample_id": [s for p in packs for s in p]}), w.dir / "plan.parquet",
                        compression="zstd")

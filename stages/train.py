@@ -57,7 +57,7 @@ def run_stage(stage: str) -> None:
             save_hf(shards, result.hf_config, run.tp, run.pp, init.path, w.dir)
             w.stats.update({k: result.metrics[k] for k in ("steps", "tokens", "final_loss", "logit_max_abs_diff")})
         # seconds: this rank's wall time for the whole stage (conversion + check + training + export), the key every
-        # stage's metrics share; train_seconds is the training loop alone
+        # stage's metrics share; train_seconds sums the training steps' times over every run that resumed into this one
         write_json(f"metrics/train_{stage}.json", {**result.metrics, "seconds": round(time.perf_counter() - start, 2)})
         print(f"train@{stage}: {result.metrics}")
     shutdown()

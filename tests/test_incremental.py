@@ -56,7 +56,7 @@ PARAM_CHANGES = [
     ("balance.mix.emoji", 2.0, ["balance"]),
     ("balance.method", "metaclip_threshold", ["balance"]),
     ("balance.target", 3000, ["balance"]),
-    ("train.common.micro_batch", 2, TRAINS),
+    ("train.common.micro_batch", 4, TRAINS),
     ("train.common.warmup_fraction", 0.1, TRAINS),
     ("train.stage1.lr", 0.002, ["train@stage1"]),
     ("train.stage1_5.steps", 61, ["train@stage1_5"]),

@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from PIL import Image
 
 from llava_ov.artifacts import ArtifactWriter, digest_file
+from llava_ov.packing.lengths import pool_rows
 from llava_ov.packing.loader import IGNORE, PackedLoader
 from llava_ov.packing.materialize import write_packed_shards
 from llava_ov.packing.plan import first_fit_decreasing, plan_packs
@@ -129,3 +131,25 @@ def test_resume_on_another_plan_fails(pack_artifact):
     state = loader.state_dict() | {"plan_digest": "0" * 32}
     with pytest.raises(ValueError, match="the data changed since the checkpoint"):
         loader.load_state_dict(state)
+
+
+def _lengths_table(mid_ids: list[str], chunk: int) -> pa.Table:
+    rows = [{"sample_id": f"a{i}", "pool": "align", "total": 60 + i, "vit_patches": 16} for i in range(5)]
+    rows += [{"sample_id": s, "pool": "mid", "total": 90, "vit_patches": 16} for s in mid_ids]
+    table = pa.Table.from_pylist(rows)
+    return pa.concat_tables([table.slice(i, chunk) for i in range(0, len(table), chunk)])  # row groups vary too
+
+
+def test_pool_rows_digest_sees_only_its_own_pools():
+    """A new balance manifest changes the mid rows of ``lengths``; the align pack's recorded input must not move
+    (else DVC retrains Stage-1 on identical packs), while a change to its own rows must move it."""
+    rows, before = pool_rows(_lengths_table(["m1", "m2"], chunk=3), ["align"])
+    _, after_balance = pool_rows(_lengths_table(["m2", "m3", "m4"], chunk=2), ["align"])
+    assert rows.column("sample_id").to_pylist() == [f"a{i}" for i in range(5)]
+    assert after_balance == before
+    _, mid_before = pool_rows(_lengths_table(["m1", "m2"], chunk=3), ["mid"])
+    _, mid_after = pool_rows(_lengths_table(["m2", "m3", "m4"], chunk=2), ["mid"])
+    assert mid_after != mid_before
+    changed = _lengths_table(["m1", "m2"], chunk=3)
+    changed = changed.set_column(2, "total", pa.array([61] + changed["total"].to_pylist()[1:]))
+    assert pool_rows(changed, ["align"])[1] != before

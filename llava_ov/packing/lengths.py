@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
 from PIL import Image
 from tqdm import tqdm
 from transformers import AutoTokenizer
@@ -71,3 +73,16 @@ def compute_lengths(ingest_path: Path, tokenizer_path: Path, proc_cfg: dict, poo
         for part in tqdm(pool_exec.map(_shard_lengths, jobs), total=len(jobs), desc="lengths", unit="shard"):
             rows += part
     return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def pool_rows(table: pa.Table, pools: list[str] | tuple[str, ...]) -> tuple[pa.Table, str]:
+    """The rows of ``pools`` from a ``lengths`` table, and an xxh3-128 digest of exactly those rows.
+
+    ``lengths`` covers every training pool, so a new balance manifest (which only selects ``mid``) changes that
+    artifact. A pack records the digest of the rows it read instead of the whole artifact's, so pack@stage1 comes
+    out byte-identical after a balance change and DVC does not retrain Stage-1 on the same packs."""
+    rows = table.filter(pc.is_in(table["pool"], pa.array(list(pools)))).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema.remove_metadata()) as writer:
+        writer.write_table(rows.replace_schema_metadata(None))
+    return rows, xxhash.xxh3_128_hexdigest(sink.getvalue().to_pybytes())

@@ -212,7 +212,6 @@ def train(policy: Policy, run: Run, init_dir: Path, packs: Artifact, identity: d
         history, start, diff = common["history"], step, common["logit_max_abs_diff"]
     live = _live(run, history)
     stream = iter(loader)
-    t_start = time.perf_counter()
     progress = tqdm(range(start, policy.steps), desc=f"train {policy.stage}", unit="step",
                     disable=dist.get_rank() != 0, initial=start, total=policy.steps)
     for it in progress:
@@ -227,10 +226,14 @@ def train(policy: Policy, run: Run, init_dir: Path, packs: Artifact, identity: d
             parallel_state.get_tensor_model_parallel_rank() == 0 else torch.zeros(())
         summed = torch.cat([loss, tokens[None]])
         dist.all_reduce(summed)
-        seconds = time.perf_counter() - t0
+        # the slowest rank's step time, so every rank logs the same history: it is part of the checkpoint's common
+        # state, which dist_checkpointing expects to agree across ranks
+        seconds = torch.tensor([time.perf_counter() - t0])
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+        seconds = float(seconds)
         row = {"step": it, "loss": float(summed[0] / summed[1].clamp(min=1)), "lr": scheduler.get_lr(
             optimizer.param_groups[0]), "tokens": float(summed[2]), "loss_tokens": float(summed[1]),
-            "grad_norm": grad_norm, "tokens_per_s": float(summed[2]) / seconds}
+            "grad_norm": grad_norm, "seconds": seconds, "tokens_per_s": float(summed[2]) / seconds}
         history.append(row)
         if live is not None:
             _log(live, row)
@@ -239,16 +242,15 @@ def train(policy: Policy, run: Run, init_dir: Path, packs: Artifact, identity: d
             checkpoint.save(run.checkpoints, it + 1, model, optimizer,
                             {"scheduler": scheduler.state_dict(), "loader": loader.state_dict(),
                              "history": history, "iteration": it + 1, "logit_max_abs_diff": diff})
-    elapsed = time.perf_counter() - t_start
     if live is not None:
         live.end()
-    trained = [r for r in history if r["step"] >= start]
+    step_seconds = sum(r["seconds"] for r in history)  # every run that made this history, resumed ones included
     tail = history[-max(1, len(history) // 10):]
     metrics = {"steps": policy.steps, "tokens": int(sum(r["tokens"] for r in history)),
                "loss_tokens": int(sum(r["loss_tokens"] for r in history)),
                "initial_loss": round(history[0]["loss"], 4), "final_loss": round(sum(r["loss"] for r in tail) / len(tail), 4),
-               "tokens_per_s": round(sum(r["tokens"] for r in trained) / elapsed, 1) if trained else 0.0,
-               "train_seconds": round(elapsed, 2), "resumed_from": start, "trainable_parameters": n_trainable,
+               "tokens_per_s": round(sum(r["tokens"] for r in history) / step_seconds, 1),
+               "train_seconds": round(step_seconds, 2), "resumed_from": start, "trainable_parameters": n_trainable,
                "logit_max_abs_diff": diff, "world_size": dist.get_world_size(), "tp": run.tp, "pp": run.pp}
     return Result(model=model, hf_config=hf_config, parallel=parallel, metrics=metrics)
 
