@@ -58,8 +58,9 @@ def run_stage(stage: str) -> None:
             w.stats.update({k: result.metrics[k] for k in ("steps", "tokens", "final_loss", "logit_max_abs_diff")})
         # seconds: this rank's wall time for the whole stage (conversion + check + training + export), the key every
         # stage's metrics share; train_seconds sums the training steps' times over every run that resumed into this one
-        write_json(f"metrics/train_{stage}.json", {**result.metrics, "seconds": round(time.perf_counter() - start, 2)})
-        print(f"train@{stage}: {result.metrics}")
+        metrics = {**result.metrics, "seconds": round(time.perf_counter() - start, 2)}
+        write_json(f"metrics/train_{stage}.json", metrics)
+        print(f"train@{stage}: {metrics}")
     shutdown()
 
 

@@ -81,8 +81,8 @@ def pool_rows(table: pa.Table, pools: list[str] | tuple[str, ...]) -> tuple[pa.T
     ``lengths`` covers every training pool, so a new balance manifest (which only selects ``mid``) changes that
     artifact. A pack records the digest of the rows it read instead of the whole artifact's, so pack@stage1 comes
     out byte-identical after a balance change and DVC does not retrain Stage-1 on the same packs."""
-    rows = table.filter(pc.is_in(table["pool"], pa.array(list(pools)))).combine_chunks()
+    rows = table.filter(pc.is_in(table["pool"], pa.array(list(pools)))).combine_chunks().replace_schema_metadata(None)
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, rows.schema.remove_metadata()) as writer:
-        writer.write_table(rows.replace_schema_metadata(None))
+    with pa.ipc.new_stream(sink, rows.schema) as writer:
+        writer.write_table(rows)
     return rows, xxhash.xxh3_128_hexdigest(sink.getvalue().to_pybytes())

@@ -224,13 +224,12 @@ def train(policy: Policy, run: Run, init_dir: Path, packs: Artifact, identity: d
             loss.zero_()  # one copy per data-parallel replica (the last stage holds it)
         tokens = tokens if parallel_state.is_pipeline_first_stage() and \
             parallel_state.get_tensor_model_parallel_rank() == 0 else torch.zeros(())
-        summed = torch.cat([loss, tokens[None]])
+        # one collective for the loss, the token count and the step time; the ranks' mean step time makes every
+        # rank log the same history, which is part of the checkpoint's common state (dist_checkpointing expects it
+        # to agree across ranks)
+        summed = torch.cat([loss, tokens[None], torch.tensor([time.perf_counter() - t0])])
         dist.all_reduce(summed)
-        # the slowest rank's step time, so every rank logs the same history: it is part of the checkpoint's common
-        # state, which dist_checkpointing expects to agree across ranks
-        seconds = torch.tensor([time.perf_counter() - t0])
-        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
-        seconds = float(seconds)
+        seconds = float(summed[3]) / dist.get_world_size()
         row = {"step": it, "loss": float(summed[0] / summed[1].clamp(min=1)), "lr": scheduler.get_lr(
             optimizer.param_groups[0]), "tokens": float(summed[2]), "loss_tokens": float(summed[1]),
             "grad_norm": grad_norm, "seconds": seconds, "tokens_per_s": float(summed[2]) / seconds}
