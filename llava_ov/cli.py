@@ -107,7 +107,7 @@ def plan(stages: tuple[str, ...], samples: float | None, text_tokens: float | No
                 stage, lm, vit, samples=data.samples, text_tokens=data.text_tokens, image_tokens=data.image_tokens,
                 epochs=passes, seq_len=length, fill=pack_fill, global_batch=setup.global_batch, gpus=gpus,
                 accelerator=accelerator, utilisation=utilisation, recompute=recompute,
-                trainable_vit=setup.trainable == "all", trainable_llm=setup.trainable == "all"))
+                trainable_vit=setup.trainable == "all", trainable_llm=setup.trainable != "merger"))
         except ValueError as e:
             raise click.ClickException(str(e)) from e
         click.echo(f"{stage}: data from {data.origin}; params: {setup.steps:,} steps of global batch "

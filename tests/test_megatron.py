@@ -211,6 +211,17 @@ def test_megatron_backward_reaches_every_parameter(megatron_model):
     assert no_grad == []
 
 
+def test_trainable_policies_split_the_model_by_module(megatron_model):
+    from llava_ov.train.policy import TRAINABLE, is_trainable
+
+    names = [n for n, _ in megatron_model.named_parameters()]
+    modules = {n: n.split(".")[0] for n in names}
+    assert set(modules.values()) == {"vision", "merger", "language_model"}
+    trained = {t: {modules[n] for n in names if is_trainable(n, t)} for t in TRAINABLE}
+    assert trained == {"merger": {"merger"}, "merger_llm": {"merger", "language_model"},
+                       "all": {"vision", "merger", "language_model"}}
+
+
 def test_loss_rows_only_equals_full_loss_under_the_mask(megatron_model):
     """With ``loss_mask`` the output layer runs on the labelled positions only; losses and gradients must be the
     full computation's, masked."""

@@ -12,7 +12,9 @@ from dataclasses import dataclass, fields
 
 STAGES = ("stage1", "stage1_5", "stage2")
 PREVIOUS = {"stage1": "stage0", "stage1_5": "train_stage1", "stage2": "train_stage1_5"}
-TRAINABLE = ("merger", "all")
+# merger: the recipe's Stage-1; all: its Stage-1.5/2; merger_llm: everything but the ViT (keeps the pretrained
+# ViT's features when a tiny ViT would otherwise be retrained by a high lr, see docs/training.md)
+TRAINABLE = ("merger", "merger_llm", "all")
 
 
 @dataclass(frozen=True)
@@ -62,5 +64,7 @@ def policy(stage: str, train: dict, seed: int) -> Policy:
 
 
 def is_trainable(name: str, trainable: str) -> bool:
-    """Whether the megatron parameter ``name`` trains under policy ``trainable`` (merger only, or all)."""
+    """Whether the megatron parameter ``name`` trains under policy ``trainable`` (one of ``TRAINABLE``)."""
+    if trainable == "merger_llm":
+        return not name.startswith("vision.")
     return trainable == "all" or name.startswith("merger.")
