@@ -1,23 +1,31 @@
-"""Evaluation speed: shared-prefix log-likelihood vs one row per (prompt, choice), and 1 vs 2 torch threads.
+"""Evaluation speed: shared-prefix log-likelihood vs one row per (prompt, choice), 1 vs 2 torch threads, and a
+whole evaluation (every task of params.yaml, no cache) in 1 vs 2 worker processes.
 
 Runs on the first ``--items`` multiple-choice items of the built eval pool (all tasks but the caption loss) with a
 built checkpoint, all variants in the same run, and prints seconds, items/s and the ratio to the baseline
 (one row per choice: the way a plain loglikelihood loop scores multiple choice). Thread counts matter on a shared
-machine: OpenMP barriers stall when another process holds the second core.
+machine: OpenMP barriers stall when another process holds the second core; ``--busy`` runs a busy loop beside the
+measurements to show it.
 
-Usage: python benchmarks/bench_eval.py [--checkpoint artifacts/stage0] [--items 300]
+Usage: python benchmarks/bench_eval.py [--checkpoint artifacts/stage0] [--items 300] [--busy]
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
 
 from llava_ov.data.reader import iter_samples, open_ingest
+from llava_ov.eval.cache import ResultCache
 from llava_ov.eval.checkpoint import load_checkpoint
+from llava_ov.eval.runner import evaluate
 from llava_ov.eval.scoring import Prompt, Scorer
+from llava_ov.eval.tasks import build_task, load_spec
 from llava_ov.params import section
 
 
@@ -25,7 +33,36 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", default="artifacts/stage0")
     ap.add_argument("--items", type=int, default=300)
+    ap.add_argument("--busy", action="store_true", help="keep one core busy with another process meanwhile")
     args = ap.parse_args()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+    try:
+        bench_scoring(args)
+        bench_workers(args)
+    finally:
+        if busy:
+            busy.kill()
+
+
+def bench_workers(args: argparse.Namespace) -> None:
+    """All tasks of params.yaml through ``evaluate`` with a fresh cache: 1 process vs 2 single-threaded ones."""
+    cfg = section("eval")
+    samples = [(s, im) for _, s, im in iter_samples(open_ingest(), ("eval",))]
+    tasks = [build_task(load_spec(name), samples, cfg["max_items"]) for name in cfg["tasks"]]
+    rows = []
+    for workers in (1, 2):
+        with tempfile.TemporaryDirectory() as cache:
+            t0 = time.perf_counter()
+            evaluate(args.checkpoint, tasks, ResultCache(cache), batch_size=cfg["batch_size"], progress=False,
+                     workers=workers, threads=1)
+            rows.append((workers, time.perf_counter() - t0))
+    print(f"\nwhole evaluation: {len(tasks)} tasks, {sum(len(t.items) for t in tasks)} items")
+    print(f"{'processes x threads':20s} {'seconds':>8s} {'speed-up':>8s}")
+    for workers, sec in rows:
+        print(f"{f'{workers} x 1':20s} {sec:8.2f} {rows[0][1] / sec:8.2f}x")
+
+
+def bench_scoring(args: argparse.Namespace) -> None:
     samples = sorted((s for _, s, _ in iter_samples(open_ingest(), ("eval",))), key=lambda s: s["id"])
     images = {s["id"]: im for _, s, im in iter_samples(open_ingest(), ("eval",))}
     items = [(Prompt(s["messages"][0]["content"], tuple(images[s["id"]])), list(s["choices"]))

@@ -31,7 +31,8 @@ def main() -> None:
     tasks = [build_task(load_spec(name), eval_samples, cfg["max_items"]) for name in cfg["tasks"]]
     cache = ResultCache(cfg["cache_dir"])
     blind = cached_blind_baseline(ingest, tuple(cfg["blind_pools"]), cache)
-    ckpt_digest, results = evaluate(ckpt.path, tasks, cache, batch_size=cfg["batch_size"])
+    ckpt_digest, results = evaluate(ckpt.path, tasks, cache, batch_size=cfg["batch_size"], workers=cfg["workers"],
+                                    threads=cfg["threads"])
 
     metrics: dict = {}
     for task in tasks:

@@ -13,9 +13,9 @@ from llava_ov.eval import runner
 from llava_ov.eval.blind import BlindBaseline, question_pattern
 from llava_ov.eval.cache import ResultCache
 from llava_ov.eval.checkpoint import load_checkpoint
-from llava_ov.eval.runner import category_metrics, evaluate
+from llava_ov.eval.runner import category_metrics, evaluate, split_tasks
 from llava_ov.eval.scoring import Prompt, Scorer
-from llava_ov.eval.tasks import build_task, load_spec
+from llava_ov.eval.tasks import Task, build_task, load_spec
 from llava_ov.model import LlavaOV15ForConditionalGeneration
 from llava_ov.model.presets import build_config
 from llava_ov.text.tokenizer import special_ids, train_bpe
@@ -127,6 +127,21 @@ def test_caption_task_uses_the_align_templates():
     assert task.items[0].prompt == "<image>\nGive a short caption."
 
 
+@pytest.mark.parametrize("task, pool", [("caption", "align"), ("description", "mid")])
+def test_loss_task_targets_are_the_training_templates(task, pool):
+    """A source's template changed without its loss task would silently score a text no stage trains on."""
+    import numpy as np
+
+    from llava_ov.data.sources import digits
+
+    spec = load_spec(task)
+    prompts = {"align": "Give a short caption.", "mid": "Describe the image in detail."}
+    assert spec["prompt"] == f"<image>\n{prompts[pool]}"
+    references = {spec["target"]["digits"].format(answer=d) for d in range(10)}
+    texts = {c.messages[-1]["content"] for c in digits.generate({pool: 40}, np.random.default_rng(0))}
+    assert len(texts) > 5 and texts <= references
+
+
 def test_normalised_exact_match():
     task = build_task(load_spec("easyvqa"), eval_samples())
     assert task.normalise("  Red. ") == task.normalise("red") == "red"
@@ -175,6 +190,24 @@ def test_results_are_deterministic_and_reconcile(ckpt_dir, tmp_path):
                                     "samples": 6}}
 
 
+def test_worker_processes_give_the_results_of_one_process(ckpt_dir, tmp_path):
+    tasks = [build_task(load_spec("easyvqa"), eval_samples()),
+             build_task({**load_spec("easyvqa"), "name": "easyvqa_short"}, eval_samples(3))]
+    assert [[t.name for t in g] for g in split_tasks(tasks, 2)] == [["easyvqa"], ["easyvqa_short"]]
+    _, one = evaluate(ckpt_dir, tasks, ResultCache(tmp_path / "one"), batch_size=4, progress=False)
+    _, two = evaluate(ckpt_dir, tasks, ResultCache(tmp_path / "two"), batch_size=4, progress=False, workers=2)
+    assert json.dumps(one, sort_keys=True) == json.dumps(two, sort_keys=True)
+
+
+def test_split_tasks_balances_cost():
+    sizes = {"big": 1000, "caption": 349, "a": 150, "b": 100, "c": 100, "d": 90}
+    tasks = [Task(spec={"name": n}, items=tuple([None] * k)) for n, k in sizes.items()]
+    groups = split_tasks(tasks, 2)
+    assert [t.name for t in groups[0]] == ["big"]
+    assert sorted(t.name for t in groups[1]) == ["a", "b", "c", "caption", "d"]
+    assert split_tasks(tasks[:1], 4) == [tasks[:1]] and len(split_tasks(tasks, 1)) == 1
+
+
 def test_blind_baseline_most_frequent_answer_per_pattern():
     train = [("easyvqa", [{"role": "user", "content": "<image>\nis there a red shape?"},
                           {"role": "assistant", "content": "no"},
@@ -212,15 +245,25 @@ def test_report_builds_sections_from_whatever_is_built(tmp_path):
     live = root / "plots" / "train_stage1" / "plots" / "metrics"
     live.mkdir(parents=True)
     (live / "loss.tsv").write_text("timestamp\tstep\tloss\n0\t0\t5.0\n0\t1\t4.0\n")
+    expect = {"stage1": {"task": "caption", "metric": "loss", "better": "lower"},
+              "stage2": {"task": "easyvqa", "metric": "accuracy", "better": "higher"}}
     summary = build_report(root, out, ["stage0", "stage1", "stage2"], ["stage1"], ["stage1"],
-                           ["eval_stage0", "eval_stage2"])
+                           ["eval_stage0", "eval_stage2"], expect)
     assert summary["eval_stages"] == ["stage0", "stage2"] and summary["train_stages"] == ["stage1"]
+    assert summary["as_expected"] == {"stage2": True}  # stage1 is not evaluated: nothing to judge
     assert summary["missing"] == ["concept coverage", "pack fill"]
     md = (out / "report.md").read_text()
     assert "| easyvqa | accuracy | 0.000 | 0.900 | 0.678 |" in md
+    assert "| stage2 | easyvqa | accuracy | 0.000 (stage0) | 0.900 | higher | yes |" in md
     assert "Not built yet: concept coverage, pack fill." in md
     assert {p.name for p in out.glob("*.png")} == {"eval_by_category.png", "eval_per_stage.png", "loss_curves.png",
                                                   "wall_time.png"}
     first = {p.name: p.read_bytes() for p in out.iterdir()}
-    build_report(root, out, ["stage0", "stage1", "stage2"], ["stage1"], ["stage1"], ["eval_stage0", "eval_stage2"])
+    build_report(root, out, ["stage0", "stage1", "stage2"], ["stage1"], ["stage1"], ["eval_stage0", "eval_stage2"],
+                 expect)
     assert first == {p.name: p.read_bytes() for p in out.iterdir()}  # byte-identical: no timestamps
+    worse = {"stage2": {"task": "easyvqa", "metric": "loss", "better": "higher"}}  # loss 3.0 -> 2.1 fell
+    assert build_report(root, out, ["stage0", "stage2"], [], [], [], worse)["as_expected"] == {"stage2": False}
+    assert "| higher | NO |" in (out / "report.md").read_text()
+    with pytest.raises(ValueError, match=r"report.expect.stage2.better is 'up': use lower or higher"):
+        build_report(root, out, ["stage0", "stage2"], [], [], [], {"stage2": {**worse["stage2"], "better": "up"}})

@@ -51,6 +51,39 @@ def eval_table(evals: dict[str, dict]) -> list[list[str]]:
     return rows
 
 
+def stage_checks(evals: dict[str, dict], expect: dict[str, dict]) -> list[dict]:
+    """Each stage's own metric against the evaluated stage before it: did the stage buy what it is for?
+
+    ``expect`` maps a stage to ``{task, metric, better}`` (``better``: ``lower`` or ``higher``), e.g. Stage-1's
+    held-out caption loss falls; generation accuracy only means something from Stage-2 on, so each stage is judged
+    by the metric its training data targets. Stages not evaluated, or first in order, are skipped.
+    """
+    stages = list(evals)
+    checks = []
+    for stage, rule in expect.items():
+        if rule.get("better") not in ("lower", "higher"):
+            raise ValueError(f"report.expect.{stage}.better is {rule.get('better')!r}: use lower or higher")
+        if stage not in evals or stages.index(stage) == 0:
+            continue
+        before_stage = stages[stages.index(stage) - 1]
+        before = evals[before_stage].get(rule["task"], {}).get(rule["metric"])
+        after = evals[stage].get(rule["task"], {}).get(rule["metric"])
+        if before is None or after is None:
+            continue
+        checks.append({"stage": stage, "task": rule["task"], "metric": rule["metric"], "better": rule["better"],
+                       "before_stage": before_stage, "before": before, "after": after,
+                       "ok": after < before if rule["better"] == "lower" else after > before})
+    return checks
+
+
+def checks_table(checks: list[dict]) -> list[list[str]]:
+    rows = [["stage", "task", "metric", "before", "after", "expected", "as expected"]]
+    for c in checks:
+        rows.append([c["stage"], c["task"], c["metric"], f"{c['before']:.3f} ({c['before_stage']})",
+                     f"{c['after']:.3f}", c["better"], "yes" if c["ok"] else "NO"])
+    return rows
+
+
 def plot_eval(evals: dict[str, dict], out: Path) -> str:
     stages = list(evals)
     cats = sorted({c for m in evals.values() for c in m.get("category", {})})
@@ -68,11 +101,13 @@ def plot_eval(evals: dict[str, dict], out: Path) -> str:
 
 
 def plot_headline(evals: dict[str, dict], out: Path) -> str:
-    """The expected direction per stage: caption loss falls through stage1_5; easy-vqa accuracies vs blind."""
+    """Held-out caption (align) and description (mid) losses per stage; easy-vqa accuracies vs blind."""
     stages = list(evals)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
-    left.plot(stages, [evals[s].get("caption", {}).get("loss", np.nan) for s in stages], marker="o")
-    left.set_title("held-out caption loss (NLL/token)")
+    for task in ("caption", "description"):
+        left.plot(stages, [evals[s].get(task, {}).get("loss", np.nan) for s in stages], marker="o", label=task)
+    left.set_title("held-out loss (NLL/token)")
+    left.legend(fontsize=8)
     for metric in ("accuracy", "mc_accuracy"):
         right.plot(stages, [evals[s].get("easyvqa", {}).get(metric, np.nan) for s in stages], marker="o",
                    label=metric)
@@ -157,12 +192,18 @@ def _html_table(rows: list[list[str]]) -> str:
 
 
 def build_report(root: Path, out: Path, eval_stages: list[str], train_stages: list[str],
-                 pack_stages: list[str], timed: list[str]) -> dict:
-    """Write ``report.md``, ``report.html`` and the PNGs into ``out``; return a summary (sections built)."""
+                 pack_stages: list[str], timed: list[str], expect: dict[str, dict] | None = None) -> dict:
+    """Write ``report.md``, ``report.html`` and the PNGs into ``out``; return a summary (sections built, and
+    whether each stage moved its own metric the expected way, see :func:`stage_checks`)."""
     metrics = root / "metrics"
     sections: list[tuple[str, str | None, list[list[str]] | None, str]] = []  # title, png, table, note
 
     evals = {s: m for s in eval_stages if (m := _read_json(metrics / f"eval_{s}.json")) is not None}
+    checks = stage_checks(evals, expect or {})
+    if checks:
+        sections.append(("What each stage bought", None, checks_table(checks),
+                         "Each stage's own metric (report.expect in params.yaml) beside the stage evaluated "
+                         "before it."))
     if evals:
         sections.append(("Headline metrics per stage", plot_headline(evals, out), None, ""))
         sections.append(("Evaluation per stage and category", plot_eval(evals, out), eval_table(evals),
@@ -194,8 +235,11 @@ def build_report(root: Path, out: Path, eval_stages: list[str], train_stages: li
     md = ["# llava-ov build report", ""]
     body = ["<h1>llava-ov build report</h1>"]
     for title, png, table, note in sections:
-        md += [f"## {title}", "", f"![{title}]({png})", ""]
-        body += [f"<h2>{html.escape(title)}</h2>", f'<img src="{png}">']
+        md += [f"## {title}", ""]
+        body.append(f"<h2>{html.escape(title)}</h2>")
+        if png:
+            md += [f"![{title}]({png})", ""]
+            body.append(f'<img src="{png}">')
         if table:
             md += [_md_table(table), ""]
             body.append(_html_table(table))
@@ -209,4 +253,5 @@ def build_report(root: Path, out: Path, eval_stages: list[str], train_stages: li
         body.append(f"<p>Not built yet: {html.escape(', '.join(missing))}.</p>")
     (out / "report.md").write_text("\n".join(md))
     (out / "report.html").write_text("<!doctype html><html><body>" + "\n".join(body) + "</body></html>\n")
-    return {"sections": len(sections), "missing": missing, "eval_stages": list(evals), "train_stages": list(curves)}
+    return {"sections": len(sections), "missing": missing, "eval_stages": list(evals), "train_stages": list(curves),
+            "as_expected": {c["stage"]: c["ok"] for c in checks}}

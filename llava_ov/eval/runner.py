@@ -14,9 +14,13 @@ Per category (the ``category`` of each eval sample) the same accuracies are pool
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
+import torch
 import xxhash
 
 from llava_ov.eval.cache import ResultCache, cache_key
@@ -82,11 +86,39 @@ def run_task(scorer: Scorer, task: Task) -> dict:
     return {"task": task.name, "task_digest": task.digest, "summary": summary, "samples": records}
 
 
+def task_cost(task: Task) -> float:
+    """Relative cost of scoring ``task``: a fixed part (model warm-up, new images) plus one per 100 items."""
+    return 1.0 + len(task.items) / 100
+
+
+def split_tasks(tasks: list[Task], workers: int) -> list[list[Task]]:
+    """Tasks in ``workers`` groups of similar total :func:`task_cost` (longest first onto the lightest group)."""
+    groups: list[list[Task]] = [[] for _ in range(max(1, min(workers, len(tasks))))]
+    loads = [0.0] * len(groups)
+    for task in sorted(tasks, key=lambda t: (-task_cost(t), t.name)):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(task)
+        loads[lightest] += task_cost(task)
+    return groups
+
+
+def run_tasks(checkpoint: Path | str, tasks: list[Task], batch_size: int, threads: int,
+              progress: bool = False) -> list[dict]:
+    """Load the checkpoint and score ``tasks`` in this process (also the body of a worker process)."""
+    torch.set_num_threads(threads)
+    scorer = Scorer(load_checkpoint(checkpoint), batch_size=batch_size, progress=progress)
+    return [run_task(scorer, task) for task in tasks]
+
+
 def evaluate(checkpoint: Path | str, tasks: list[Task], cache: ResultCache, batch_size: int = 32,
-             progress: bool = True) -> tuple[str, dict[str, dict]]:
+             progress: bool = True, workers: int = 1, threads: int = 1) -> tuple[str, dict[str, dict]]:
     """(checkpoint digest, task name → result), reading cached results and computing only the missing ones.
 
-    The model is loaded only when at least one (checkpoint, task) pair is not cached.
+    The model is loaded only when at least one (checkpoint, task) pair is not cached. Missing tasks are split
+    over ``workers`` processes of ``threads`` torch threads each (this process is one of them): on a shared
+    2-core machine two single-threaded processes degrade gracefully when another job takes a core, where one
+    process with two OpenMP threads stalls at every barrier (README, "Evaluation"). Each task is scored whole by
+    one process.
     """
     ckpt_digest, code = checkpoint_digest(checkpoint), code_digest()
     results: dict[str, dict] = {}
@@ -98,12 +130,17 @@ def evaluate(checkpoint: Path | str, tasks: list[Task], cache: ResultCache, batc
         else:
             results[task.name] = cached
     if todo:
-        scorer = Scorer(load_checkpoint(checkpoint), batch_size=batch_size, progress=progress)
-        for task in todo:
-            result = run_task(scorer, task)
-            result["checkpoint_digest"] = ckpt_digest
-            cache.put(cache_key(ckpt_digest, task.digest, code), result)
-            results[task.name] = result
+        own, *others = split_tasks(todo, workers)
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(len(others), spawn) if others else nullcontext() as pool:
+            futures = [(group, pool.submit(run_tasks, checkpoint, group, batch_size, threads)) for group in others]
+            done = [(own, run_tasks(checkpoint, own, batch_size, threads, progress))]
+            done += [(group, future.result()) for group, future in futures]
+        for group, group_results in done:
+            for task, result in zip(group, group_results):
+                result["checkpoint_digest"] = ckpt_digest
+                cache.put(cache_key(ckpt_digest, task.digest, code), result)
+                results[task.name] = result
     return ckpt_digest, {t.name: results[t.name] for t in tasks}
 
 
