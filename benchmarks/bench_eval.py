@@ -35,19 +35,19 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=300)
     ap.add_argument("--busy", action="store_true", help="keep one core busy with another process meanwhile")
     args = ap.parse_args()
+    samples = [(s, im) for _, s, im in iter_samples(open_ingest(), ("eval",))]
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
     try:
-        bench_scoring(args)
-        bench_workers(args)
+        bench_scoring(args, samples)
+        bench_workers(args, samples)
     finally:
         if busy:
             busy.kill()
 
 
-def bench_workers(args: argparse.Namespace) -> None:
+def bench_workers(args: argparse.Namespace, samples: list[tuple[dict, list[bytes]]]) -> None:
     """All tasks of params.yaml through ``evaluate`` with a fresh cache: 1 process vs 2 single-threaded ones."""
     cfg = section("eval")
-    samples = [(s, im) for _, s, im in iter_samples(open_ingest(), ("eval",))]
     tasks = [build_task(load_spec(name), samples, cfg["max_items"]) for name in cfg["tasks"]]
     rows = []
     for workers in (1, 2):
@@ -62,11 +62,10 @@ def bench_workers(args: argparse.Namespace) -> None:
         print(f"{f'{workers} x 1':20s} {sec:8.2f} {rows[0][1] / sec:8.2f}x")
 
 
-def bench_scoring(args: argparse.Namespace) -> None:
-    samples = sorted((s for _, s, _ in iter_samples(open_ingest(), ("eval",))), key=lambda s: s["id"])
-    images = {s["id"]: im for _, s, im in iter_samples(open_ingest(), ("eval",))}
-    items = [(Prompt(s["messages"][0]["content"], tuple(images[s["id"]])), list(s["choices"]))
-             for s in samples if s.get("choices")][:args.items]
+def bench_scoring(args: argparse.Namespace, samples: list[tuple[dict, list[bytes]]]) -> None:
+    """Multiple-choice log-likelihood: one row per choice vs shared prefix, 1 and 2 threads."""
+    items = [(Prompt(s["messages"][0]["content"], tuple(im)), list(s["choices"]))
+             for s, im in sorted(samples, key=lambda pair: pair[0]["id"]) if s.get("choices")][:args.items]
     flat = [(p, [c]) for p, cs in items for c in cs]
     ckpt = load_checkpoint(args.checkpoint)
     batch = section("eval")["batch_size"]

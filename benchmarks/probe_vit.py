@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from llava_ov.data.sources.easyvqa import _by_image, _colour_and_shape
+from llava_ov.data.sources.easyvqa import colour_and_shape, questions_by_image
 from llava_ov.eval.checkpoint import load_checkpoint
 
 
 def labelled_images(paths: list[str], questions: tuple, limit: int) -> list[tuple[bytes, str, str]]:
     """(image bytes, shape, colour) for the first ``limit`` images whose questions state both."""
     out = []
-    for image_id, qa in sorted(_by_image(questions).items()):
-        colour, shape = _colour_and_shape(qa)
+    for image_id, qa in sorted(questions_by_image(questions).items()):
+        colour, shape = colour_and_shape(qa)
         if colour and shape:
             out.append((Path(paths[image_id]).read_bytes(), shape, colour))
         if len(out) == limit:

@@ -7,8 +7,6 @@ list and per-sample predictions) and ``metrics/eval_<stage>.json`` (``<task>.<me
 import sys
 import time
 
-import torch
-
 from llava_ov.artifacts import ArtifactWriter, open_artifact, write_json, write_jsonl
 from llava_ov.data.reader import iter_samples, open_ingest
 from llava_ov.eval.blind import cached_blind_baseline
@@ -23,7 +21,6 @@ KIND, SCHEMA = "eval", 1
 def main() -> None:
     stage, checkpoint = sys.argv[1], sys.argv[2]
     cfg = section("eval")
-    torch.set_num_threads(cfg["threads"])
     t0 = time.perf_counter()
     ingest = open_ingest()
     ckpt = open_artifact(checkpoint, "hf_model", 1)

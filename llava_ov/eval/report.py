@@ -63,9 +63,10 @@ def stage_checks(evals: dict[str, dict], expect: dict[str, dict]) -> list[dict]:
     for stage, rule in expect.items():
         if rule.get("better") not in ("lower", "higher"):
             raise ValueError(f"report.expect.{stage}.better is {rule.get('better')!r}: use lower or higher")
-        if stage not in evals or stages.index(stage) == 0:
+        position = stages.index(stage) if stage in evals else 0
+        if position == 0:
             continue
-        before_stage = stages[stages.index(stage) - 1]
+        before_stage = stages[position - 1]
         before = evals[before_stage].get(rule["task"], {}).get(rule["metric"])
         after = evals[stage].get(rule["task"], {}).get(rule["metric"])
         if before is None or after is None:

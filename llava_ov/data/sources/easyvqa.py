@@ -19,14 +19,14 @@ SOURCE = "easyvqa"
 SHAPES = ("circle", "rectangle", "triangle")
 
 
-def _by_image(questions: tuple[list, list, list]) -> dict[int, list[tuple[str, str]]]:
+def questions_by_image(questions: tuple[list, list, list]) -> dict[int, list[tuple[str, str]]]:
     grouped: dict[int, list[tuple[str, str]]] = defaultdict(list)
     for q, a, image_id in zip(*questions):
         grouped[int(image_id)].append((q, a))
     return grouped
 
 
-def _colour_and_shape(qa: list[tuple[str, str]]) -> tuple[str | None, str | None]:
+def colour_and_shape(qa: list[tuple[str, str]]) -> tuple[str | None, str | None]:
     colour = shape = None
     for q, a in qa:
         if q.startswith("what color"):
@@ -48,10 +48,10 @@ def answer_choices(answer: str, all_answers: list[str]) -> list[str]:
 def generate(sizes: dict[str, int], rng: np.random.Generator) -> Iterator[Candidate]:
     answers = list(easy_vqa.get_answers())
     train_paths = easy_vqa.get_train_image_paths()
-    train_qa = _by_image(easy_vqa.get_train_questions())
+    train_qa = questions_by_image(easy_vqa.get_train_questions())
     ids = sorted(train_qa)
     # Captions only for images whose own questions state both colour and shape (otherwise it would be a guess).
-    known = {i: _colour_and_shape(train_qa[i]) for i in ids}
+    known = {i: colour_and_shape(train_qa[i]) for i in ids}
     captionable = [i for i in ids if None not in known[i]]
     chosen = take(captionable, sizes, ("align", "mid"), rng)
     for pool in ("align", "mid"):
