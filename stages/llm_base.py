@@ -29,8 +29,8 @@ def main() -> None:
                          for _, meta, _ in iter_samples(ingest, tuple(cfg["pools"]))]
             model, metrics = pretrain_llm(tokenizer, documents, cfg, seed)
         else:
-            model, preset = import_llm(cfg["source"], len(tokenizer))
-            metrics = {"imported": cfg["source"], "preset": preset}
+            model = import_llm(cfg["source"], cfg["size"], len(tokenizer))
+            metrics = {"imported": cfg["source"], "size": cfg["size"]}
         model.save_pretrained(w.dir)
         w.stats.update(parameters=sum(p.numel() for p in model.parameters()))
     write_json("metrics/llm_base.json", metrics | w.stats)

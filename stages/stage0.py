@@ -24,8 +24,9 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(arts["tokenizer"].path)
     ids = special_ids(tokenizer)
     token_ids = {"image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
-                 "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"]}
-    model = merge(vit, llm, token_ids, seed)
+                 "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
+                 "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"]}
+    model = merge(vit, llm, token_ids, seed, image["merge_size"])
     gen = torch.Generator().manual_seed(seed)
     side = vit.config.image_size
     vit_diff = check_vit(vit, model, torch.randn(2, 3, side, side, generator=gen), image["merge_size"])

@@ -25,8 +25,8 @@ def main() -> None:
             model, metrics = pretrain_vit([p[0] for p in pairs], [p[1] for p in pairs], cfg,
                                           ImageProcessor(**image), seed)
         else:
-            model = import_vit(cfg["source"])
-            metrics = {"imported": cfg["source"]}
+            model = import_vit(cfg["source"], cfg["size"])
+            metrics = {"imported": cfg["source"], "size": cfg["size"]}
         model.save_pretrained(w.dir)
         w.stats.update(parameters=sum(p.numel() for p in model.parameters()))
     write_json("metrics/vit_base.json", metrics | w.stats)

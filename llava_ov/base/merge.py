@@ -15,7 +15,6 @@ import torch
 from transformers import MLCDVisionModel, Qwen3ForCausalLM
 
 from llava_ov.model import LlavaOV15Config, LlavaOV15ForConditionalGeneration
-from llava_ov.model.presets import build_config
 
 _VIT_RENAMES = [
     (r"^embeddings\.patch_embedding\.", "model.visual.patch_embed.proj."),
@@ -55,23 +54,37 @@ def convert_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def merged_config(vit: MLCDVisionModel, llm: Qwen3ForCausalLM, token_ids: dict[str, int]) -> LlavaOV15Config:
-    v, t = vit.config, llm.config.to_dict()
-    vision = dict(hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
-                  num_hidden_layers=v.num_hidden_layers, num_attention_heads=v.num_attention_heads,
-                  patch_size=v.patch_size, layer_norm_eps=v.layer_norm_eps,
-                  rope_theta=v.rope_parameters["rope_theta"])
-    text = {k: t[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                              "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
-                              "max_position_embeddings", "hidden_act", "attention_bias")}
-    text["rope_theta"] = t["rope_parameters"]["rope_theta"]
-    return build_config("tiny", vision=vision, text=text, **token_ids)
+# keys of a Qwen3 config that describe the checkpoint, not the architecture, and stay behind at the merge
+_LLM_META_KEYS = ("model_type", "architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype")
 
 
-def merge(vit: MLCDVisionModel, llm: Qwen3ForCausalLM, token_ids: dict[str, int],
-          seed: int) -> LlavaOV15ForConditionalGeneration:
+def merged_config(vit: MLCDVisionModel, llm: Qwen3ForCausalLM, token_ids: dict[str, int],
+                  merge_size: int) -> LlavaOV15Config:
+    """The merged model's config: the ViT's and the LLM's own shapes, ``merge_size`` from ``image.merge_size``.
+
+    The text config is the source LLM's whole config (positions, RoPE, bos/eos ids as the base model has them);
+    where the base model names no bos/eos, the tokenizer's ``<|endoftext|>`` / ``<|im_end|>`` are used.
+    """
+    v = vit.config
+    vision = dict(hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, depth=v.num_hidden_layers,
+                  num_heads=v.num_attention_heads, patch_size=v.patch_size, in_channels=v.num_channels,
+                  layer_norm_eps=v.layer_norm_eps, rope_theta=v.rope_parameters["rope_theta"],
+                  spatial_merge_size=merge_size, text_hidden_size=llm.config.hidden_size)
+    text = {k: val for k, val in llm.config.to_dict().items() if k not in _LLM_META_KEYS}
+    if text.get("bos_token_id") is None:
+        text["bos_token_id"] = token_ids["bos_token_id"]
+    if text.get("eos_token_id") is None:
+        text["eos_token_id"] = token_ids["eos_token_id"]
+    top = {k: token_ids[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                     "vision_end_token_id")}
+    return LlavaOV15Config(vision_config=vision, text_config=text, tie_word_embeddings=False, **top)
+
+
+def merge(vit: MLCDVisionModel, llm: Qwen3ForCausalLM, token_ids: dict[str, int], seed: int,
+          merge_size: int) -> LlavaOV15ForConditionalGeneration:
+    """The stage-0 model; ``token_ids`` holds the special-token ids (image/video pads, vision start/end, bos/eos)."""
     torch.manual_seed(seed)
-    model = LlavaOV15ForConditionalGeneration(merged_config(vit, llm, token_ids))
+    model = LlavaOV15ForConditionalGeneration(merged_config(vit, llm, token_ids, merge_size))
     state = convert_vit(vit.state_dict())
     for key, value in llm.state_dict().items():
         if key.startswith("model."):

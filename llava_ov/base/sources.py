@@ -1,7 +1,10 @@
 """Import the published base models from local folders (the 4b/8b profiles) and check they are the recipe's.
 
 A wrong folder (a CLIP instead of RICE, a Qwen3-1.7B instead of 4B) would otherwise merge without complaint and
-only fail hours into training; here it fails at once, naming the folder, the mismatching keys and the fix.
+only fail hours into training; here it fails at once, naming the folder, the mismatching keys and the fix. The
+profile names the size (``vit_base.size``, ``llm_base.size``) the folder must have. Folders are read as their
+hubs ship them (sharded safetensors with an index, or one file) and strictly: transformers would initialise a
+missing tensor at random with only a warning, so any missing, unexpected or mis-shaped tensor is an error.
 Weights load in float32 so the stage-0 reproduction checks compare like with like.
 """
 
@@ -10,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import MLCDVisionConfig, MLCDVisionModel, Qwen3Config, Qwen3ForCausalLM
+from transformers import MLCDVisionConfig, MLCDVisionModel, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM
 
-from llava_ov.model.presets import PRESETS, RICE_VIT_L14
+from llava_ov.model.presets import PRESETS
 
 VIT_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "patch_size")
 LLM_KEYS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
@@ -27,39 +30,55 @@ def _folder(path: str, what: str, param: str) -> Path:
     return folder
 
 
+def _size(size: str, param: str) -> dict:
+    if size not in PRESETS:
+        raise ValueError(f"{param} {size!r} is not a known model size ({sorted(PRESETS)}); add the shapes of a new "
+                         f"size to llava_ov/model/presets.py")
+    return PRESETS[size]
+
+
 def _mismatch(config: dict, expected: dict, keys: tuple[str, ...]) -> dict[str, tuple]:
     return {k: (config.get(k), expected[k]) for k in keys if config.get(k) != expected[k]}
 
 
-def import_vit(path: str) -> MLCDVisionModel:
-    """RICE-ViT-L/14 in the MLCD layout from ``path``; raises when its shape is not the recipe's."""
-    folder = _folder(path, "RICE-ViT-L/14-560 (MLCD layout)", "vit_base.source")
-    check_vit_config(MLCDVisionConfig.from_pretrained(folder).to_dict(), folder)
-    return MLCDVisionModel.from_pretrained(folder, dtype=torch.float32).eval()
-
-
-def check_vit_config(config: dict, folder: Path) -> None:
-    """Raise unless ``config`` (an MLCD vision config) has RICE-ViT-L/14's shape."""
-    bad = _mismatch(config, RICE_VIT_L14, VIT_KEYS)
+def load_strict(cls: type[PreTrainedModel], folder: Path, param: str) -> PreTrainedModel:
+    """``cls.from_pretrained(folder)`` in float32, refusing a folder that leaves any tensor unfilled or unused."""
+    model, info = cls.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    bad = {k: info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
     if bad:
-        raise ValueError(f"vit_base.source {folder}: not RICE-ViT-L/14, (found, expected) = {bad}")
+        listed = {k: sorted(map(str, v))[:8] for k, v in bad.items()}
+        raise ValueError(f"{param} {folder}: the weights do not fit its config.json ({listed}); nothing may be left "
+                         f"randomly initialised: copy the complete checkpoint")
+    return model.eval()
 
 
-def import_llm(path: str, tokenizer_size: int) -> tuple[Qwen3ForCausalLM, str]:
-    """A Qwen3 LLM from ``path`` matching the 4b or 8b preset (returned), whose vocab covers the tokenizer."""
-    folder = _folder(path, "Qwen3-4B-Instruct-2507 or Qwen3-8B", "llm_base.source")
-    preset = llm_preset(Qwen3Config.from_pretrained(folder).to_dict(), folder, tokenizer_size)
-    return Qwen3ForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), preset
+def import_vit(path: str, size: str) -> MLCDVisionModel:
+    """The RICE ViT (MLCD layout) of model size ``size`` from ``path``; raises when its shape is another."""
+    folder = _folder(path, "RICE-ViT (MLCD layout)", "vit_base.source")
+    check_vit_config(MLCDVisionConfig.from_pretrained(folder).to_dict(), folder, size)
+    return load_strict(MLCDVisionModel, folder, "vit_base.source")
 
 
-def llm_preset(config: dict, folder: Path, tokenizer_size: int) -> str:
-    """The preset (``4b``/``8b``) whose LLM shape ``config`` has; raises when none, or the vocab is too small."""
-    diffs = {name: _mismatch(config, PRESETS[name]["text"], LLM_KEYS) for name in ("4b", "8b")}
-    matches = [name for name, bad in diffs.items() if not bad]
-    if not matches:
-        raise ValueError(f"llm_base.source {folder}: shape matches neither published LLM, (found, expected) = "
-                         f"{diffs}")
+def check_vit_config(config: dict, folder: Path, size: str) -> None:
+    """Raise unless ``config`` (an MLCD vision config) has the ViT shape of model size ``size``."""
+    bad = _mismatch(config, _size(size, "vit_base.size")["vision"], VIT_KEYS)
+    if bad:
+        raise ValueError(f"vit_base.source {folder}: not the RICE ViT of size {size!r}, (found, expected) = {bad}")
+
+
+def import_llm(path: str, size: str, tokenizer_size: int) -> Qwen3ForCausalLM:
+    """The Qwen3 LLM of model size ``size`` from ``path``, whose vocabulary covers the tokenizer."""
+    folder = _folder(path, "Qwen3 LLM", "llm_base.source")
+    check_llm_config(Qwen3Config.from_pretrained(folder).to_dict(), folder, size, tokenizer_size)
+    return load_strict(Qwen3ForCausalLM, folder, "llm_base.source")
+
+
+def check_llm_config(config: dict, folder: Path, size: str, tokenizer_size: int) -> None:
+    """Raise unless ``config`` has the LLM shape of model size ``size`` and a vocabulary covering the tokenizer."""
+    bad = _mismatch(config, _size(size, "llm_base.size")["text"], LLM_KEYS)
+    if bad:
+        raise ValueError(f"llm_base.source {folder}: not the LLM of size {size!r}, (found, expected) = {bad}; set "
+                         f"llm_base.size to the size of this folder")
     if config["vocab_size"] < tokenizer_size:
         raise ValueError(f"llm_base.source {folder}: vocab {config['vocab_size']} < the tokenizer's "
                          f"{tokenizer_size} tokens; use the tokenizer that came with this LLM")
-    return matches[0]

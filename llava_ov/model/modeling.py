@@ -1,20 +1,28 @@
 """LLaVA-OneVision-1.5 as a transformers ``PreTrainedModel`` (no ``trust_remote_code`` needed).
 
-State-dict layout is the released checkpoints': ``model.visual.*`` (RICE ViT + merger), ``model.language_model.*``
-(transformers' Qwen3), ``lm_head``. Packed batches: pass ``cu_seqlens`` (sample boundaries over the flattened
-batch) and ``position_ids`` that restart per sample; attention then never crosses samples.
+In memory the modules are ``model.visual.*`` (RICE ViT + merger), ``model.language_model.*`` (transformers'
+Qwen3) and ``lm_head``; on disk :meth:`~LlavaOV15ForConditionalGeneration.save_pretrained` writes, and
+:meth:`~LlavaOV15ForConditionalGeneration.from_pretrained` strictly reads, the released layout
+(:mod:`llava_ov.model.weights`). Packed batches: pass ``cu_seqlens`` (sample boundaries over the flattened batch)
+and ``position_ids`` that restart per sample; attention then never crosses samples.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel, Qwen3Model
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel, Qwen3Model
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from llava_ov.model.configuration import LlavaOV15Config, RiceVisionConfig
+from llava_ov.model.configuration import LlavaOV15Config, LlavaOV15TextConfig, RiceVisionConfig
 from llava_ov.model.rice_vit import RiceVisionModel, segment_ids
+from llava_ov.model.weights import DEFAULT_MAX_SHARD_SIZE, WeightFiles, check_tensors, save_weights
+
+# the published class name: tools that pick an implementation by `architectures` (vLLM, lmms-eval) find theirs
+RELEASED_ARCHITECTURE = "LLaVAOneVision1_5_ForConditionalGeneration"
 
 
 class LlavaOV15PreTrainedModel(PreTrainedModel):
@@ -31,8 +39,7 @@ class LlavaOV15PreTrainedModel(PreTrainedModel):
         if isinstance(module, RiceVisionModel):
             nn.init.normal_(module.class_embedding, std=std)
             nn.init.normal_(module.class_pos_emb, std=std)
-            module.inv_freq.copy_(1.0 / module.cfg.rope_theta ** (
-                torch.arange(0, module.inv_freq.numel() * 2, 2).float() / (module.inv_freq.numel() * 2)))
+            module.reset_rotary()
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             nn.init.normal_(module.weight, std=std)
             if module.bias is not None:
@@ -123,6 +130,64 @@ class LlavaOV15ForConditionalGeneration(LlavaOV15PreTrainedModel, GenerationMixi
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, dtype: torch.dtype | str | None = None,
+                        device: torch.device | str | None = None, output_loading_info: bool = False,
+                        use_safetensors: bool = True, trust_remote_code: bool = False, **kwargs):
+        """Load a local folder strictly, in the released or the in-memory layout (never remote code or pickles).
+
+        Every tensor of the model must be in the folder with its config's shape, and nothing else may be: a
+        mismatch raises :class:`~llava_ov.model.weights.WeightsError` naming the folder and the keys, so a folder
+        can never load with randomly initialised weights. The model is built on the meta device and takes the
+        loaded tensors as its parameters, so a 4B/8B model is never materialised twice.
+        """
+        config = kwargs.pop("config", None)  # what AutoModelForCausalLM passes along besides the folder
+        kwargs = {k: v for k, v in kwargs.items() if not (k in ("revision", "adapter_kwargs") and not v)}
+        if kwargs:
+            raise TypeError(f"{cls.__name__}.from_pretrained got unsupported argument(s) {sorted(kwargs)}; it takes a "
+                            f"local folder, dtype, device")
+        if not use_safetensors:
+            raise ValueError("only safetensors weights are loaded (pickled checkpoints can execute code)")
+        if isinstance(dtype, str) and dtype != "auto":
+            dtype = getattr(torch, dtype)
+        config, state = load_state(pretrained_model_name_or_path, config or cls.config_class)
+        with torch.device("meta"):
+            model = cls(config)
+        if dtype is None or dtype == "auto":
+            dtype = next(iter(state.values())).dtype
+        state = {k: v.to(dtype=dtype, device=device) for k, v in state.items()}
+        model.load_state_dict(state, strict=True, assign=True)
+        model.rebuild_buffers(device)
+        model.config.dtype = dtype
+        folder = Path(pretrained_model_name_or_path)
+        if (folder / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(folder)
+        model.eval()
+        if output_loading_info:
+            return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+        return model
+
+    def rebuild_buffers(self, device: torch.device | str | None = None) -> None:
+        """Recompute the non-persistent buffers (rotary frequencies) after loading onto a meta-built model."""
+        self.model.visual.reset_rotary(device)
+        text = self.model.language_model
+        text.rotary_emb = type(text.rotary_emb)(config=self.config.text_config).to(device)
+        leftover = [n for n, b in self.named_buffers() if b.is_meta]
+        if leftover:
+            raise RuntimeError(f"buffers {leftover} were not rebuilt after loading")
+
+    def save_pretrained(self, save_directory: str | Path, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+                        **kwargs) -> None:
+        """Write config + generation config + weights in the released layout (no code, no ``auto_map``)."""
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}.save_pretrained got unsupported argument(s) {sorted(kwargs)}")
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.architectures = [RELEASED_ARCHITECTURE]
+        self.config.save_pretrained(folder)
+        self.generation_config.save_pretrained(folder)
+        save_weights(self.state_dict(), folder, max_shard_size)
+
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, inputs_embeds=None, pixel_values=None,
                                       image_grid_thw=None, **kwargs):
         # inputs_embeds named here so generate() accepts precomputed embeddings (image features already in place)
@@ -134,6 +199,28 @@ class LlavaOV15ForConditionalGeneration(LlavaOV15PreTrainedModel, GenerationMixi
         return inputs
 
 
+def load_state(folder: str | Path, config: LlavaOV15Config | type[LlavaOV15Config] = LlavaOV15Config,
+               ) -> tuple[LlavaOV15Config, dict[str, torch.Tensor]]:
+    """The config and every tensor (in-memory names) of a checkpoint folder, checked strictly against the model.
+
+    ``config`` is a config already read (as ``AutoModel`` passes it) or the class to read the folder's config.json
+    with. The shapes are checked from the safetensors headers before any tensor is read, against a model built on
+    the meta device from that config.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: expected a local LLaVA-OV-1.5 folder (released, or "
+                                f"written by this project's stage0/train stages); nothing is downloaded")
+    if isinstance(config, type):
+        config = config.from_pretrained(folder)
+    files = WeightFiles.open(folder)
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in LlavaOV15ForConditionalGeneration(config).state_dict().items()}
+    check_tensors(folder, files.shapes(), expected)
+    return config, files.read()
+
+
 AutoConfig.register(LlavaOV15Config.model_type, LlavaOV15Config)
 AutoConfig.register(RiceVisionConfig.model_type, RiceVisionConfig)
+AutoConfig.register(LlavaOV15TextConfig.model_type, LlavaOV15TextConfig)
 AutoModelForCausalLM.register(LlavaOV15Config, LlavaOV15ForConditionalGeneration)

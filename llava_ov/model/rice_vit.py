@@ -122,11 +122,19 @@ class RiceVisionModel(nn.Module):
         self.patch_embed = PatchEmbed(cfg)
         self.class_embedding = nn.Parameter(torch.zeros(cfg.hidden_size))
         self.class_pos_emb = nn.Parameter(torch.zeros(1, head_dim // 2))
-        self.register_buffer("inv_freq", 1.0 / cfg.rope_theta ** (torch.arange(0, head_dim // 2, 2).float()
-                                                                   / (head_dim // 2)), persistent=False)
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
         self.pre_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.num_hidden_layers))
         self.merger = PatchMerger(cfg)
+
+    def _inv_freq(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """2D RoPE frequencies: head_dim/4 per axis (rows, then columns), base ``rope_theta``."""
+        half = self.cfg.hidden_size // self.cfg.num_attention_heads // 2
+        return 1.0 / self.cfg.rope_theta ** (torch.arange(0, half, 2, device=device).float() / half)
+
+    def reset_rotary(self, device: torch.device | str | None = None) -> None:
+        """Recompute ``inv_freq`` (a non-persistent buffer: after a meta-device build or a fresh init)."""
+        self.inv_freq = self._inv_freq(device)
 
     def encode(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Per-patch features after the last block (CLS dropped), before the merger: [P, hidden]."""

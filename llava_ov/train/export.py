@@ -1,8 +1,8 @@
 """Export: the megatron weights of every (pipeline, tensor) rank → one Hugging Face folder (kind ``hf_model``).
 
 Shards are gathered on global rank 0 (from data-parallel rank 0 of each model-parallel position), converted back
-with :func:`llava_ov.megatron.convert.megatron_to_hf` and saved with ``save_pretrained`` (safetensors) together
-with the tokenizer and image-processor files of the checkpoint the stage started from.
+with :func:`llava_ov.megatron.convert.megatron_to_hf` and saved with ``save_pretrained`` (the released layout,
+safetensors) together with the tokenizer and image-processor files of the checkpoint the stage started from.
 """
 
 from __future__ import annotations
@@ -18,7 +18,11 @@ from safetensors.torch import load_file, save_file
 from llava_ov.megatron.convert import megatron_to_hf
 from llava_ov.model import LlavaOV15ForConditionalGeneration
 
-WEIGHT_FILES = ("config.json", "generation_config.json", "model.safetensors")
+def _carried_over(name: str) -> bool:
+    """Files of the init folder the export copies: tokenizer, processor, templates; never weights, configs the
+    export writes itself, or code (a released folder may ship modeling code; exported folders carry none)."""
+    written = ("config.json", "generation_config.json", "artifact.json", "model.safetensors.index.json")
+    return name not in written and not name.endswith((".safetensors", ".py", ".bin", ".pt", ".pth"))
 
 
 def gather_shards(model: torch.nn.Module, exchange: Path) -> dict | None:
@@ -57,7 +61,7 @@ def save_hf(shards: dict, hf_config, tp: int, pp: int, source: Path, out: Path) 
         raise RuntimeError(f"exported weights do not fit the HF model: missing {missing[:5]}, unexpected "
                            f"{unexpected[:5]}")
     for name in sorted(p.name for p in source.iterdir() if p.is_file()):
-        if name not in WEIGHT_FILES and name != "artifact.json":
+        if _carried_over(name):
             shutil.copyfile(source / name, out / name)
     model.save_pretrained(out)
     if (source / "generation_config.json").is_file():  # eos/pad ids chosen at stage 0 carry over unchanged

@@ -22,7 +22,6 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
-from safetensors.torch import load_file
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
@@ -31,6 +30,7 @@ from llava_ov.megatron import compat
 from llava_ov.megatron.convert import hf_to_megatron, padded_vocab
 from llava_ov.megatron.model import LlavaOVMegatron, Parallel
 from llava_ov.model import LlavaOV15Config, LlavaOV15ForConditionalGeneration
+from llava_ov.model.modeling import load_state
 from llava_ov.packing.loader import PackedLoader, collate
 from llava_ov.text.tokenizer import special_ids
 from llava_ov.train import checkpoint
@@ -109,10 +109,7 @@ def _micro_batches(stream, policy: Policy) -> list[dict]:
 
 def load_model(init_dir: Path, parallel: Parallel) -> tuple[LlavaOVMegatron, LlavaOV15Config]:
     """This rank's shard of the HF checkpoint in ``init_dir``, converted and loaded into a megatron model."""
-    hf_config = LlavaOV15Config.from_pretrained(init_dir)
-    hf_state = load_file(init_dir / "model.safetensors")
-    if "lm_head.weight" not in hf_state and hf_config.tie_word_embeddings:  # megatron keeps an untied copy
-        hf_state["lm_head.weight"] = hf_state["model.language_model.embed_tokens.weight"]
+    hf_config, hf_state = load_state(init_dir)  # released or in-memory layout, checked strictly
     shard = hf_to_megatron(hf_state, hf_config, parallel.tp, parallel.pp)[
         (parallel.pp_rank, parallel_state.get_tensor_model_parallel_rank())]
     del hf_state

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,14 +79,29 @@ class ImageProcessor:
         return np.ascontiguousarray(x.reshape(gh * gw, 3 * p * p)), (t, gh, gw)
 
     def save(self, folder: Path | str) -> None:
-        d = {"image_processor_type": "LlavaOV15ImageProcessor", **asdict(self)}
+        """Write ``preprocessor_config.json`` as transformers' ``Qwen2VLImageProcessor`` reads it (the released
+        folders' processor, ``temporal_patch_size`` 1): both transformers 4.x (``min_pixels``/``max_pixels``) and
+        5.x (``size``) keys, so the published code and lmms-eval preprocess exactly as this class does."""
+        d = {"image_processor_type": "Qwen2VLImageProcessor", "do_convert_rgb": True, "do_resize": True,
+             "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+             "image_mean": list(self.image_mean), "image_std": list(self.image_std), "patch_size": self.patch_size,
+             "merge_size": self.merge_size, "temporal_patch_size": 1, "min_pixels": self.min_pixels,
+             "max_pixels": self.max_pixels, "size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}}
         (Path(folder) / CONFIG_NAME).write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, folder: Path | str) -> "ImageProcessor":
-        d = json.loads((Path(folder) / CONFIG_NAME).read_text())
+        """Read a ``Qwen2VLImageProcessor`` config (released folders, this project's) into this class."""
+        path = Path(folder) / CONFIG_NAME
+        d = json.loads(path.read_text())
+        size = d.get("size") or {}
+        d.setdefault("min_pixels", size.get("shortest_edge"))
+        d.setdefault("max_pixels", size.get("longest_edge"))
+        if d.get("temporal_patch_size", 1) != 1:
+            raise ValueError(f"{path}: temporal_patch_size {d['temporal_patch_size']} is not the LLaVA-OV-1.5 "
+                             f"image processor's (1)")
         fields = cls.__dataclass_fields__
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields and v is not None})
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
