@@ -1,0 +1,43 @@
+"""The shard engine: results in item order on any executor, a failing task stops the map with its own error."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from llava_ov.engine import Engine
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.05 * (5 - x % 5))  # later items finish first
+    return x * x
+
+
+def fails_on_three(x: int) -> int:
+    if x == 3:
+        raise FileNotFoundError(f"shard-{x:06d}.tar is missing")
+    return x
+
+
+def test_params_pick_the_executor(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    engine = Engine.from_params({"engine": {"executor": "local", "cpus": 1}})
+    assert engine.executor == "local" and engine.cluster_address is None
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert Engine.from_params({"engine": {}}).cluster_address == "10.0.0.1:6379"
+    assert Engine(address="head:6379").cluster_address == "head:6379"  # the param wins over the environment
+    with pytest.raises(ValueError, match="engine.executor must be one of"):
+        Engine(executor="spark")
+
+
+def test_ray_and_local_give_the_same_results_in_item_order(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    items = list(range(12))
+    local = Engine(executor="local").map(slow_square, items, desc="local")
+    engine = Engine(executor="ray", cpus=2)
+    with engine.session():
+        on_ray = engine.map(slow_square, items, desc="ray")
+        with pytest.raises(FileNotFoundError, match="shard-000003.tar is missing"):
+            engine.map(fails_on_three, items, desc="ray")
+    assert on_ray == local == [x * x for x in items]
