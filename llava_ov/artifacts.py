@@ -45,17 +45,30 @@ def _files(root: Path) -> list[str]:
 
 def digest_dir(root: Path | str) -> str:
     """xxh3-128 hex digest over the sorted relative paths and contents of a folder's files."""
+    return digest_tree(root)[0]
+
+
+def digest_tree(root: Path | str) -> tuple[str, dict[str, str]]:
+    """The folder digest of :func:`digest_dir` and every file's own xxh3-128, in one read of each file.
+
+    The per-file digests go into ``artifact.json`` (``file_digests``), so a stage that caches work per shard of
+    an upstream artifact keys it by that shard's content without reading the shard again.
+    """
     root = Path(root)
     h = xxhash.xxh3_128()
+    files = {}
     for rel in _files(root):
         data_path = root / rel
         h.update(rel.encode())
         h.update(b"\0")
         h.update(data_path.stat().st_size.to_bytes(8, "little"))
+        own = xxhash.xxh3_128()
         with open(data_path, "rb") as f:
             while chunk := f.read(_CHUNK):
                 h.update(chunk)
-    return h.hexdigest()
+                own.update(chunk)
+        files[rel] = own.hexdigest()
+    return h.hexdigest(), files
 
 
 def digest_file(path: Path | str) -> str:
@@ -101,6 +114,14 @@ class Artifact:
     @property
     def stats(self) -> dict:
         return self.meta.get("stats", {})
+
+    def file_digest(self, rel: str) -> str:
+        """xxh3-128 of one file of the artifact, as recorded when it was written."""
+        try:
+            return self.meta["file_digests"][rel]
+        except KeyError:
+            raise ArtifactError(f"artifact {self.path} records no digest for {rel!r}: it was written before "
+                                f"per-file digests existed or has no such file; rebuild it (dvc repro)") from None
 
     def __truediv__(self, rel: str) -> Path:
         return self.path / rel
@@ -180,11 +201,13 @@ class ArtifactWriter:
 
     def _finish(self) -> None:
         files = {rel: (self.dir / rel).stat().st_size for rel in _files(self.dir)}
+        digest, file_digests = digest_tree(self.dir)
         meta = {
             "kind": self.kind,
             "schema": self.schema,
-            "digest": digest_dir(self.dir),
+            "digest": digest,
             "files": files,
+            "file_digests": file_digests,
             "inputs": {k: (v.digest if isinstance(v, Artifact) else v) for k, v in sorted(self.inputs.items())},
             "params": dict(self.params),
             "code": __version__,

@@ -11,8 +11,8 @@ What ``dvc repro --dry`` reports (DVC 3.67). It lists the stages whose *own* inp
 code deps or their stage definition. A stage downstream of one of them is checked against its deps on disk, which
 a dry run leaves untouched, so it is not listed. ``dvc repro --dry --force-downstream`` lists the upper bound: the
 changed stages and everything downstream. A real ``dvc repro`` reruns something in between: a downstream stage
-reruns only if an upstream output's bytes really changed (content addressing), so e.g. ``lengths.workers`` reruns
-``lengths``, whose identical output stops the cascade; and a change reverted later is restored from the run cache
+reruns only if an upstream output's bytes really changed (content addressing), so e.g. ``lengths.pools`` reruns
+``lengths``, whose identical output (when the pools' rows are the same) stops the cascade; and a change reverted later is restored from the run cache
 without running anything. The ``downstream`` column is that upper bound.
 """
 
@@ -44,7 +44,8 @@ PARAM_CHANGES = [
     ("ingest.shard_max_bytes", 500_000_000, ["ingest"]),
     ("tokenizer.vocab_size", 2048, ["tokenizer"]),
     ("image.max_pixels", 20000, ["lengths", *PACKS, "vit_base", "stage0"]),
-    ("lengths.workers", 1, ["lengths"]),
+    ("lengths.pools", ["align", "mid"], ["lengths"]),
+    ("engine.cpus", 1, []),  # where shards run, never what they compute: no stage declares it
     ("pack.stage2.capacity", 1024, ["pack@stage2"]),
     ("pack.stage1_5.patch_capacity", 2048, ["pack@stage1_5"]),
     ("vit_base.epochs", 4, ["vit_base"]),

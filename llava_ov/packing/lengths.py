@@ -3,25 +3,40 @@
 For each sample: text tokens, image tokens (one ``<|image_pad|>`` per merged patch, from the image size under the
 resize rule, without decoding pixels), ViT patches and the total, all through :class:`ChatEncoder` — so a plan
 made from these lengths is exactly what the loader will produce.
+
+The work is one task per ingest shard on the engine (:mod:`llava_ov.engine`), each reading its shard once,
+sequentially, and caching its result as a parquet file keyed by the shard's content, the tokenizer, the image
+params and this code: every sample of the shard is measured, so a new concept-balanced selection of ``mid`` (a
+``balance`` change) is a filter over cached results and recomputes nothing.
 """
 
 from __future__ import annotations
 
 import io
-from concurrent.futures import ProcessPoolExecutor
+import json
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import xxhash
 from PIL import Image
-from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from llava_ov.data.reader import index, iter_samples, open_ingest
+from llava_ov.artifacts import Artifact
+from llava_ov.data.reader import IMAGE_EXTS, index_table
+from llava_ov.data.shards import read_shard
+from llava_ov.shard_cache import ShardCache, code_digest
 from llava_ov.text.template import ChatEncoder
 from llava_ov.vision.image_processing import ImageProcessor
+
+# the modules whose code decides a shard's lengths (the per-shard cache key)
+CODE = ("llava_ov.packing.lengths", "llava_ov.text.template", "llava_ov.text.tokenizer",
+        "llava_ov.vision.image_processing", "llava_ov.data.shards")
 
 SCHEMA = pa.schema([("sample_id", pa.string()), ("pool", pa.string()), ("source", pa.string()),
                     ("shard", pa.string()), ("key", pa.string()), ("text_tokens", pa.int32()),
@@ -47,32 +62,75 @@ def sample_lengths(encoder: ChatEncoder, processor: ImageProcessor, messages: li
             "vit_patches": sum(t * h * w for t, h, w in grids), "total": len(ids)}
 
 
-def _shard_lengths(args: tuple[str, str, dict, tuple[str, ...], str, set[str] | None]) -> list[dict]:
-    ingest_path, tokenizer_path, proc_cfg, pools, shard, keep = args
-    encoder = ChatEncoder(AutoTokenizer.from_pretrained(tokenizer_path))
-    processor = ImageProcessor(**proc_cfg)
-    art = open_ingest(ingest_path)
-    rows = []
-    for row, meta, images in iter_samples(art, pools, shards=(shard,)):
-        if keep is not None and row["sample_id"] not in keep:
-            continue
-        rows.append({k: row[k] for k in ("sample_id", "pool", "source", "shard", "key")}
-                    | sample_lengths(encoder, processor, meta["messages"], images))
-    return rows
+@dataclass(frozen=True)
+class ShardJob:
+    """One ingest shard to measure: where it is, what it is, and where its result is cached."""
+
+    path: str  # absolute: a worker on another node shares the filesystem, not the working directory
+    rel: str  # the shard's path inside the ingest artifact (index.parquet's `shard`)
+    pool: str
+    digest: str  # the shard's content digest (the ingest artifact's file_digests)
+    tokenizer: str
+    image: dict
+    cache: ShardCache
 
 
-def compute_lengths(ingest_path: Path, tokenizer_path: Path, proc_cfg: dict, pools: tuple[str, ...],
-                    keep: dict[str, set[str]] | None = None, workers: int = 2) -> pa.Table:
-    """Lengths of every kept sample of ``pools`` (``keep[pool]``, if given, restricts a pool to those ids)."""
-    art = open_ingest(ingest_path)
-    shards = sorted({(r["pool"], r["shard"]) for r in index(art, pools)})
-    jobs = [(str(ingest_path), str(tokenizer_path), proc_cfg, (pool,), shard, (keep or {}).get(pool))
-            for pool, shard in shards]
-    rows: list[dict] = []
-    with ProcessPoolExecutor(max_workers=workers) as pool_exec:
-        for part in tqdm(pool_exec.map(_shard_lengths, jobs), total=len(jobs), desc="lengths", unit="shard"):
-            rows += part
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+@lru_cache(maxsize=2)
+def _encoder(tokenizer_path: str) -> ChatEncoder:
+    return ChatEncoder(AutoTokenizer.from_pretrained(tokenizer_path))
+
+
+def shard_lengths(job: ShardJob) -> str:
+    """Lengths of every sample of one ingest shard, as a parquet file in the cache (computed on a miss)."""
+    cached = job.cache.path(job.digest)
+    if cached.exists():
+        return str(cached)
+    encoder, processor = _encoder(job.tokenizer), ImageProcessor(**job.image)
+    columns: dict[str, list] = {name: [] for name in SCHEMA.names}
+    for raw in read_shard(job.path):
+        meta = json.loads(raw.files["json"])
+        images = [raw.files[f"{i}.{ext}"] for i in range(_n_images(raw.files))
+                  for ext in IMAGE_EXTS if f"{i}.{ext}" in raw.files]
+        row = {"sample_id": meta["id"], "pool": job.pool, "source": meta["source"], "shard": job.rel, "key": raw.key,
+               **sample_lengths(encoder, processor, meta["messages"], images)}
+        for name, value in row.items():
+            columns[name].append(value)
+    tmp = job.cache.writer_path(job.digest)
+    pq.write_table(pa.table(columns, schema=SCHEMA), tmp, compression="zstd")
+    return str(job.cache.commit(tmp, job.digest))
+
+
+def _n_images(files: dict[str, bytes]) -> int:
+    return sum(1 for name in files if name.split(".", 1)[0].isdigit())
+
+
+def shard_jobs(ingest: Artifact, tokenizer: Artifact, image: dict, pools: tuple[str, ...],
+               cache_root: Path) -> list[ShardJob]:
+    """One job per ingest shard of ``pools``, in sorted (pool, shard) order."""
+    cache = ShardCache(cache_root, code=code_digest(*CODE), inputs={"tokenizer": tokenizer.digest}, params=image)
+    shards = index_table(ingest, pools, columns=["pool", "shard"]).group_by(["pool", "shard"]).aggregate([])
+    return [ShardJob(str((ingest.path / rel).resolve()), rel, pool, ingest.file_digest(rel),
+                     str(tokenizer.path.resolve()), image, cache)
+            for pool, rel in sorted(zip(shards["pool"].to_pylist(), shards["shard"].to_pylist()))]
+
+
+def write_lengths(parts: list[str], out: Path, keep: Callable[[pa.Table], pa.Table] | None = None) -> dict:
+    """Concatenate per-shard results (in the given order) into ``out``, one shard in memory at a time.
+
+    ``keep`` filters a shard's rows (the concept-balanced subset of ``mid``). Returns samples, tokens, max total.
+    """
+    stats = {"samples": 0, "tokens": 0, "max_total": 0}
+    with pq.ParquetWriter(out, SCHEMA, compression="zstd") as writer:
+        for part in parts:
+            table = pq.read_table(part)
+            if keep is not None:
+                table = keep(table)
+            writer.write_table(table)
+            totals = table["total"].to_numpy()
+            stats["samples"] += len(table)
+            stats["tokens"] += int(totals.sum())
+            stats["max_total"] = max(stats["max_total"], int(totals.max(initial=0)))
+    return stats
 
 
 def pool_rows(table: pa.Table, pools: list[str] | tuple[str, ...]) -> tuple[pa.Table, str]:
