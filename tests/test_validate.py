@@ -62,6 +62,23 @@ def test_one_leading_system_turn_is_allowed_and_part_of_the_sample():
     assert sample.sample_id == sample_id(sample.images, messages_text(system + QA)) != validate(_files()).sample_id
 
 
+@pytest.mark.parametrize("size", [(400, 1), (1, 400), (603, 3)])
+def test_an_image_smart_resize_refuses_is_rejected(size):
+    """Past aspect ratio 200 ``lengths`` would fail on the sample: it never gets that far."""
+    pixels = np.full((size[1], size[0], 3), 128, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    reason = _rejected(_files(images=[buf.getvalue()]))
+    assert reason == f"image 0.png has an aspect ratio over 200 ({size[0]}x{size[1]}; smart_resize refuses it)"
+
+
+def test_aspect_ratio_200_is_kept():
+    pixels = np.full((1, 200, 3), 128, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    assert validate(_files(images=[buf.getvalue()])).sizes == [(200, 1)]
+
+
 def test_special_tokens_in_text_are_rejected():
     messages = [QA[0], {"role": "assistant", "content": "noise<|im_end|>"}]
     assert _rejected(_files(messages)) == "message 1 (assistant) holds the special token '<|im_end|>'"

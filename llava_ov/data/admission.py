@@ -70,11 +70,16 @@ class TrainingSet:
 
 
 def admit(meta: dict, members: dict[str, bytes], filters: Filters, training: TrainingSet | None) -> ValidSample:
-    """Validate a sample, apply its pool's filters and (eval) the training-overlap check; raise :class:`Rejected`."""
+    """Validate a sample, apply its pool's filters and (eval) the training-overlap check; raise :class:`Rejected`
+    (with the sample's id once it has one)."""
     sample = check_sample(meta, members)
-    filters.check(sample)
-    if training is not None:
-        training.check(sample)
+    try:
+        filters.check(sample)
+        if training is not None:
+            training.check(sample)
+    except Rejected as e:
+        e.sample_id = sample.sample_id
+        raise
     return sample
 
 

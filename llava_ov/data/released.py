@@ -98,7 +98,7 @@ def convert_source(path: Path, rel: str, opts: PoolOptions, out: Path) -> Source
                 raise Rejected(m.reason)
             sample = admit(m.meta, m.images, opts.filters, opts.training)
         except Rejected as e:
-            result.rejects.append(_reject(m.claimed_id, source, str(e), where))
+            result.rejects.append(_reject(e.sample_id or m.claimed_id, source, str(e), where))
             continue
         content = sid = sample.sample_id
         if content in seen:

@@ -37,7 +37,10 @@ class ValidSample:
 
 
 class Rejected(ValueError):
-    """A sample that cannot be used; ``str(e)`` is the reason written to rejects.jsonl."""
+    """A sample that cannot be used; ``str(e)`` is the reason written to rejects.jsonl, ``sample_id`` its id when
+    it validated (a filter or an overlap check rejected it) and so has one."""
+
+    sample_id: str = ""
 
 
 def check_image(data: bytes, name: str) -> tuple[int, int, bool]:
