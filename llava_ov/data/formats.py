@@ -121,7 +121,7 @@ def _mix(key: str, obj: dict, files: dict[str, bytes]) -> Iterator[Member]:
         raise Rejected("video samples are not supported")
     if media not in ("image", "text"):
         raise Rejected(f"media {media!r} is not 'image', 'text' or 'video'")
-    names = obj.get("name") or [] if media == "image" else []
+    names = (obj.get("name") or []) if media == "image" else []
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise Rejected("'name' must be a list of member names")
     messages = _turns(obj.get("texts"), "role", "content", CHAT_ROLES)
@@ -148,6 +148,8 @@ def _packed(key: str, obj: dict, files: dict[str, bytes]) -> Iterator[Member]:
     fault = ""
     if not isinstance(images, list) or not isinstance(captions, list) or not isinstance(prompts, list):
         fault = "'images', 'captions' and 'prompts' must be lists"
+    elif n == 0:
+        fault = "no images"
     elif len(captions) != n or (prompts and len(prompts) != n):
         fault = f"image, caption and prompt counts differ ({n}, {len(captions)}, {len(prompts)})"
     elif unexpected:
