@@ -34,7 +34,8 @@ def _qa(question: str, answer: str) -> list[dict]:
 
 def _llava(folder):
     return rd.wds_shard(folder, [
-        rd.llava("004539375", "<image>\nRender a clear and concise summary of the photo.", "noise in colour", rd.image(1)),
+        rd.llava("004539375", "<image>\nRender a clear and concise summary of the photo.", "noise in colour",
+                 rd.image(1)),
         rd.llava("004539376", "What is this?\n<image>", "more noise", rd.image(2)),
         rd.llava("004539377", "<image>\nDescribe.", "noise again", rd.image(3), system="Be brief."),
         {**rd.llava("bad_speaker", "<image>\nQ", "A", rd.image(4)),

@@ -1,4 +1,5 @@
-"""Released mode, pool-level: exact duplicates (ingest.dedupe) and the published Mid-Training filters (ingest.filters)."""
+"""Released mode, pool level: exact duplicates (ingest.dedupe) and the published Mid-Training filters
+(ingest.filters)."""
 
 from __future__ import annotations
 

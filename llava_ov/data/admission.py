@@ -37,6 +37,19 @@ def derived_id(content_id: str, file: str, key: str) -> str:
     return xxhash.xxh3_64_hexdigest(f"{content_id}\0{file}\0{key}".encode())
 
 
+def place(content_id: str, seen: set[str], dedupe: bool, file: str, key: str) -> str | None:
+    """The id a validated sample is kept under: its content id if not in ``seen`` (ids already in its pool), else
+    :func:`derived_id`, or None when ``dedupe`` drops it (the caller records :func:`duplicate`)."""
+    if content_id not in seen:
+        return content_id
+    return None if dedupe else derived_id(content_id, file, key)
+
+
+def duplicate(pool: str) -> str:
+    """The rejection reason of an exact duplicate dropped by ``ingest.dedupe``."""
+    return f"duplicate sample_id in pool {pool}"
+
+
 def image_hashes(images: Iterable[bytes]) -> np.ndarray:
     return np.fromiter((xxhash.xxh3_64_intdigest(img) for img in images), dtype=np.uint64)
 
@@ -116,7 +129,8 @@ class Ledger:
     def reject(self, sid: str, pool: str, source: str, reason: str, where: str = "") -> None:
         self.rejected[source] += 1
         self.pool_rejected[pool] += 1
-        self.rejects.append({"sample_id": sid, "source": source, "reason": reason, **({"where": where} if where else {})})
+        self.rejects.append({"sample_id": sid, "source": source, "reason": reason,
+                             **({"where": where} if where else {})})
 
     def training_set(self, images: list[np.ndarray]) -> TrainingSet:
         """The training pools' ids (kept so far) and the given image digests, for checking the eval pool."""

@@ -15,7 +15,7 @@ import numpy as np
 import xxhash
 from tqdm import tqdm
 
-from llava_ov.data.admission import Ledger, TrainingSet, admit, derived_id, image_hashes, index_row
+from llava_ov.data.admission import Ledger, TrainingSet, admit, duplicate, image_hashes, index_row, place
 from llava_ov.data.filters import Filters
 from llava_ov.data.shards import ShardWriter, encode_meta, messages_text, sample_id
 from llava_ov.data.sources import POOLS, Candidate, digits, easyvqa, emoji, rendered
@@ -82,12 +82,10 @@ def _admit(ledger: Ledger, writer: ShardWriter, cand: Candidate, key: str, filte
     except Rejected as e:
         ledger.reject(content, pool, cand.source, str(e))
         return image_hashes([])
-    sid = content
-    if sid in ledger.ids[pool]:
-        if dedupe:
-            ledger.reject(sid, pool, cand.source, f"duplicate sample_id in pool {pool}")
-            return image_hashes([])
-        sid = derived_id(content, cand.source, key)
+    sid = place(content, ledger.ids[pool], dedupe, cand.source, key)
+    if sid is None:
+        ledger.reject(content, pool, cand.source, duplicate(pool))
+        return image_hashes([])
     shard = writer.write(sid, {"json": encode_meta(_meta(cand, sid)), **members})
     ledger.keep(index_row(sample, sid, pool, cand.source, f"{writer.prefix}/{shard}"))
     return image_hashes(sample.images)

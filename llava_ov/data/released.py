@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from llava_ov.artifacts import digest_file, write_json
-from llava_ov.data.admission import Ledger, TrainingSet, admit, derived_id, image_hashes, index_row
+from llava_ov.data.admission import Ledger, TrainingSet, admit, duplicate, image_hashes, index_row, place
 from llava_ov.data.filters import Filters
 from llava_ov.data.formats import FORMATS, read_members, source_format
 from llava_ov.data.shards import ShardWriter, encode_meta, read_shard
@@ -100,12 +100,11 @@ def convert_source(path: Path, rel: str, opts: PoolOptions, out: Path) -> Source
         except Rejected as e:
             result.rejects.append(_reject(e.sample_id or m.claimed_id, source, str(e), where))
             continue
-        content = sid = sample.sample_id
-        if content in seen:
-            if opts.dedupe:
-                result.rejects.append(_reject(content, source, f"duplicate sample_id in pool {opts.pool}", where))
-                continue
-            sid = derived_id(content, rel, m.key)
+        content = sample.sample_id
+        sid = place(content, seen, opts.dedupe, rel, m.key)
+        if sid is None:
+            result.rejects.append(_reject(content, source, duplicate(opts.pool), where))
+            continue
         seen.add(content)
         meta = {**sample.meta, "id": sid, "source": source, "origin": where}
         shard = writer.write(sid, {"json": encode_meta(meta), **m.images})
@@ -125,21 +124,20 @@ def _reject(sid: str, source: str, reason: str, where: str) -> dict:
 def settle_duplicates(result: SourceResult, pool_ids: set[str], opts: PoolOptions, out: Path) -> None:
     """Settle samples of ``result`` whose content came in an earlier file of the pool (ids in ``pool_ids``).
 
-    With dedupe they become rejections, else they take :func:`derived_id`; the file's converted shard is then
-    rewritten (rare: exact duplicates across files), so the artifact holds exactly the kept samples.
+    With dedupe they become rejections, else they take :func:`~llava_ov.data.admission.derived_id`; the file's
+    converted shard is then rewritten (rare: exact duplicates across files), so the artifact holds exactly the
+    kept samples.
     """
-    renames: dict[str, str | None] = {}
-    for row, (content, key) in zip(result.rows, result.origins):
-        if row["sample_id"] == content and content in pool_ids:
-            renames[content] = None if opts.dedupe else derived_id(content, result.file, key)
+    renames = {content: place(content, pool_ids, opts.dedupe, result.file, key)
+               for row, (content, key) in zip(result.rows, result.origins)
+               if row["sample_id"] == content and content in pool_ids}  # first in its file, not in its pool
     if not renames:
         return
     rows = []
     for row, (content, key) in zip(result.rows, result.origins):
         new = renames.get(row["sample_id"], row["sample_id"])
         if new is None:
-            result.rejects.append(_reject(content, row["source"], f"duplicate sample_id in pool {opts.pool}",
-                                          f"{result.file}:{key}"))
+            result.rejects.append(_reject(content, row["source"], duplicate(opts.pool), f"{result.file}:{key}"))
         else:
             rows.append({**row, "sample_id": new, "key": new})
     result.rows = rows
