@@ -42,6 +42,8 @@ PARAM_CHANGES = [
     ("seed", 1, ["ingest", "vit_base", "llm_base", "stage0", "concept_encoder", *TRAINS]),
     ("ingest.sources.emoji.align", 1201, ["ingest"]),
     ("ingest.shard_max_bytes", 500_000_000, ["ingest"]),
+    ("ingest.dedupe", False, ["ingest"]),
+    ("ingest.filters", {"mid": {"black_images": True}}, ["ingest"]),
     ("tokenizer.vocab_size", 2048, ["tokenizer"]),
     ("image.max_pixels", 20000, ["lengths", *PACKS, "vit_base", "stage0"]),
     ("lengths.pools", ["align", "mid"], ["lengths"]),

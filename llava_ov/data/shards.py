@@ -41,6 +41,11 @@ def messages_text(messages: list[dict]) -> str:
     return json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":"))
 
 
+def encode_meta(meta: dict) -> bytes:
+    """The bytes of a sample's ``json`` member as ingest writes it (sorted keys: the same meta, the same bytes)."""
+    return json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+
 def _member_order(name: str) -> tuple:
     # json first, then images by index: readers see the metadata before the pixels.
     ext = name.split(".", 1)[1] if "." in name else name
@@ -61,12 +66,15 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 class ShardWriter:
     """Writes samples into ``<directory>/<prefix>-NNNNNN.tar`` shards, starting a new shard past ``max_bytes``.
 
-    ``shards`` lists the written shard paths; ``counts`` the number of samples in each.
+    With ``numbered=False`` it writes exactly one shard, ``<directory>/<prefix>.tar``, whatever its size (ingest
+    converts each released source file into one shard). ``shards`` lists the written shard paths; ``counts`` the
+    number of samples in each.
     """
 
     directory: Path
     prefix: str
     max_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    numbered: bool = True
     shards: list[Path] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
     _tar: tarfile.TarFile | None = None
@@ -74,7 +82,7 @@ class ShardWriter:
 
     def _open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{self.prefix}-{len(self.shards):06d}.tar"
+        path = self.directory / (f"{self.prefix}-{len(self.shards):06d}.tar" if self.numbered else f"{self.prefix}.tar")
         self._tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
         self.shards.append(path)
         self.counts.append(0)
@@ -83,7 +91,7 @@ class ShardWriter:
     def write(self, key: str, files: dict[str, bytes]) -> str:
         """Write one sample; ``files`` maps extension (``json``, ``0.png``, ...) to bytes. Returns the shard name."""
         size = sum(len(v) + 1024 for v in files.values())
-        if self._tar is None or (self._bytes and self._bytes + size > self.max_bytes):
+        if self._tar is None or (self.numbered and self._bytes and self._bytes + size > self.max_bytes):
             self.close()
             self._open()
         for ext in sorted(files, key=lambda e: _member_order(f"k.{e}")):
