@@ -114,11 +114,17 @@ class ShardWriter:
 
 @dataclass
 class RawSample:
-    """The members of one sample as read from a shard; ``error`` is set when the sample must be rejected."""
+    """The members of one sample as read from a shard; ``error`` is set when the sample must be rejected.
+
+    ``offset`` is the byte offset of its first member's header in the shard and ``size`` the bytes up to the end
+    of its last member's (padded) data: :func:`read_sample_at` reads it back alone with one seek.
+    """
 
     key: str
     files: dict[str, bytes]
     error: str | None = None
+    offset: int = 0
+    size: int = 0
 
 
 def unsafe_member(name: str) -> bool:
@@ -137,6 +143,38 @@ def _check_end_marker(path: Path, offset: int) -> None:
                          f"re-download or rebuild it")
 
 
+def _samples(tar: tarfile.TarFile) -> Iterator[RawSample]:
+    """The samples of an open tar, grouped by key, with their byte extents (see :class:`RawSample`)."""
+    current: RawSample | None = None
+    for member in tar:
+        name = member.name
+        end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        if unsafe_member(name):
+            key = Path(name).name.split(".", 1)[0] or name
+            if current is not None:
+                yield current
+            current = RawSample(key=key, files={}, error=f"unsafe tar member path {name!r}", offset=member.offset,
+                                size=end - member.offset)
+            continue
+        if not member.isfile():
+            continue
+        base = name.rsplit("/", 1)[-1]
+        prefix = name[: len(name) - len(base)]
+        if "." not in base:
+            continue
+        stem, ext = base.split(".", 1)
+        key = prefix + stem
+        if current is None or current.key != key:
+            if current is not None:
+                yield current
+            current = RawSample(key=key, files={}, offset=member.offset)
+        f = tar.extractfile(member)
+        current.files[ext] = f.read() if f is not None else b""
+        current.size = end - current.offset
+    if current is not None:
+        yield current
+
+
 def read_shard(path: Path | str) -> Iterator[RawSample]:
     """Yield the samples of a webdataset shard in file order, grouped by key.
 
@@ -144,34 +182,34 @@ def read_shard(path: Path | str) -> Iterator[RawSample]:
     written anywhere. A truncated or corrupt tar raises :class:`ShardError` naming the shard.
     """
     path = Path(path)
-    current: RawSample | None = None
     try:
         with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                name = member.name
-                if unsafe_member(name):
-                    key = Path(name).name.split(".", 1)[0] or name
-                    if current is not None:
-                        yield current
-                    current = RawSample(key=key, files={}, error=f"unsafe tar member path {name!r}")
-                    continue
-                if not member.isfile():
-                    continue
-                base = name.rsplit("/", 1)[-1]
-                prefix = name[: len(name) - len(base)]
-                if "." not in base:
-                    continue
-                stem, ext = base.split(".", 1)
-                key = prefix + stem
-                if current is None or current.key != key:
-                    if current is not None:
-                        yield current
-                    current = RawSample(key=key, files={})
-                f = tar.extractfile(member)
-                current.files[ext] = f.read() if f is not None else b""
+            yield from _samples(tar)
             end = tar.offset
         _check_end_marker(path, end)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise ShardError(f"shard {path} is truncated or not a valid tar ({e}); re-download or rebuild it") from e
-    if current is not None:
-        yield current
+
+
+def read_sample_at(path: Path | str, offset: int, size: int, key: str | None = None) -> RawSample:
+    """The one sample whose members span ``[offset, offset + size)`` of an uncompressed shard, read with one seek.
+
+    ``key``, when given, must be the sample's key: a stale offset (the shard was rewritten) is an error, never
+    another sample's data.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise EOFError(f"{size - len(data)} bytes short")
+        with tarfile.open(fileobj=io.BytesIO(data + b"\0" * 2 * tarfile.BLOCKSIZE), mode="r:") as tar:
+            samples = list(_samples(tar))
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ShardError(f"shard {path}: no sample at bytes {offset}..{offset + size} ({e}); rebuild the "
+                         f"artifact that recorded these offsets") from e
+    if len(samples) != 1 or (key is not None and samples[0].key != key):
+        found = [s.key for s in samples]
+        raise ShardError(f"shard {path}: bytes {offset}..{offset + size} hold {found}, not sample {key!r}; the "
+                         f"shard changed after its offsets were recorded: rebuild the artifact that recorded them")
+    return RawSample(samples[0].key, samples[0].files, samples[0].error, offset, size)
