@@ -70,3 +70,51 @@ def test_vocabulary_and_caption_concepts():
 def test_empty_selection_has_zero_coverage():
     topk = np.zeros((3, 2), dtype=np.int64)
     assert coverage(topk, np.zeros(3, bool), 10) == 0.0
+
+
+def _concept_project(root):
+    """A project copy holding a small ``ingest`` (rendered charts in ``mid``) and a random-weight concept encoder."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    from llava_ov.artifacts import ArtifactWriter
+    from llava_ov.concepts.encoder import ImageTextEncoder
+    from llava_ov.data.ingest import build_embedded
+    from llava_ov.text.tokenizer import train_bpe
+    from tests.project import copy_project
+
+    root = copy_project(root)
+    with ArtifactWriter(root / "artifacts/ingest", "ingest", 1) as w:
+        build_embedded({"sources": {"chart": {"mid": 6}}}, 0, w.dir)
+    tok = train_bpe(["a bar chart with bars"] * 10, 300)
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16),
+                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, image_size=28, patch_size=14), projection_dim=32)
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    concepts = _unit(np.random.default_rng(0), 20, 32).astype(np.float16)
+    with ArtifactWriter(root / "artifacts/concept_encoder", "concept_encoder", 1) as w:
+        ImageTextEncoder(CLIPModel(config), tok, processor, 16).save(w.dir / "encoder")
+        np.save(w.dir / "concept_embeddings.npy", concepts)
+        w.stats["recall_at_5"] = 0.0
+    return root
+
+
+def test_concept_index_cache_misses_when_the_preprocessing_code_changes(tmp_path):
+    """The per-shard cache is keyed by the encoder's weights *and* the code that turns an image into its
+    embedding (here the image loading in llava_ov/vision): a changed preprocessing must re-embed the shard."""
+    from tests.project import run
+
+    root = _concept_project(tmp_path / "project")
+    run(["python", "-m", "stages.concept_index"], root)
+    before = np.load(root / "artifacts/concept_index/image_embeddings.npy")
+    path = root / "llava_ov/vision/image_processing.py"
+    old = '    return image.convert("RGB")\n'
+    assert old in path.read_text(), "to_rgb changed: update the test"
+    path.write_text(path.read_text().replace(old, '    return image.convert("L").convert("RGB")\n'))
+    run(["python", "-m", "stages.concept_index"], root)
+    after = np.load(root / "artifacts/concept_index/image_embeddings.npy")
+    assert before.shape == after.shape == (6, 32)
+    assert not np.array_equal(before, after), "the cache served embeddings of the old preprocessing"

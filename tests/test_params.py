@@ -54,3 +54,14 @@ def test_params_yaml_is_the_tiny_profile(project):
 def test_unknown_profile_is_a_clear_error(project):
     with pytest.raises(ValueError, match="unknown profile 'huge'"):
         apply_profile("huge", project)
+
+
+def test_profiles_are_read_as_yaml_1_2_like_dvc(project):
+    """DVC reads params.yaml as YAML 1.2, where `1e-5` is a float and `yes` a string. An overlay read as YAML
+    1.1 (PyYAML) would write `lr: '1e-5'`, a string the trainer cannot use, and `yes` would become `true`."""
+    (project / "profiles" / "exotic.yaml").write_text(
+        "profile: exotic\ntrain:\n  stage2: {lr: 1e-5}\nreport:\n  expect:\n    stage2: {better: yes}\n")
+    params = apply_profile("exotic", project)
+    assert params["train"]["stage2"]["lr"] == 1e-5
+    assert params["report"]["expect"]["stage2"]["better"] == "yes"
+    assert "lr: 1e-05" in (project / "params.yaml").read_text()
