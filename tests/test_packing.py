@@ -211,3 +211,26 @@ def test_pack_cache_never_serves_a_damaged_entry(tmp_path):
     entries[-1].write_bytes(bytes(edited))
     again = write_packed_shards(tmp_path / "again", packs, lengths, samples, enc, proc, 2, cache)
     assert {n: (tmp_path / "again" / f"{n}.tar").read_bytes() for n in again} == fresh
+
+
+def test_pack_cache_serves_unchanged_shards_across_runs(tmp_path, monkeypatch):
+    """The same inputs in a later run (the tokenizer loaded again from its folder) hit: nothing is re-encoded."""
+    from transformers import AutoTokenizer
+
+    from llava_ov.packing import materialize
+
+    train_bpe(CORPUS, 300).save_pretrained(tmp_path / "tok")
+    proc = ImageProcessor(min_pixels=56 * 56, max_pixels=84 * 84)
+    enc = ChatEncoder(AutoTokenizer.from_pretrained(tmp_path / "tok"))
+    samples, lengths = _samples(enc, proc)
+    packs, cache = _packs(lengths, 128), tmp_path / "cache"
+    names = write_packed_shards(tmp_path / "first", packs, lengths, samples, enc, proc, 2, cache)
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("an unchanged shard was encoded again")
+
+    monkeypatch.setattr(materialize, "encode_pack", no_encoding)
+    again = ChatEncoder(AutoTokenizer.from_pretrained(tmp_path / "tok"))
+    assert write_packed_shards(tmp_path / "again", packs, lengths, samples, again, proc, 2, cache) == names
+    assert all((tmp_path / "again" / f"{n}.tar").read_bytes() == (tmp_path / "first" / f"{n}.tar").read_bytes()
+               for n in names)
