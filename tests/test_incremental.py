@@ -23,10 +23,10 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 from ruamel.yaml import YAML
 
 from llava_ov.code_digest import import_closure
+from llava_ov.params import read_yaml
 from tests.project import copy_project, git, run, stages_that_would_run
 
 PACKS = ["pack@stage1", "pack@stage1_5", "pack@stage2"]
@@ -195,7 +195,7 @@ def test_downstream_upper_bound(placeholder_graph, change, expected):
 def test_every_stage_is_covered_by_the_table():
     """Each stage appears in some row, so a stage added to dvc.yaml without a row here is noticed."""
     lock_names = set(ALL)
-    graph = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    graph = read_yaml(Path(__file__).resolve().parents[1] / "dvc.yaml")["stages"]
     declared = set()
     for name, stage in graph.items():
         declared |= {f"{name}@{item}" for item in stage["foreach"]} if "foreach" in stage else {name}

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-import yaml
-
 from llava_ov.artifacts import digest_json
+from llava_ov.params import read_yaml
 
 SPEC_DIR = Path(__file__).with_name("tasks")
 METRICS = ("accuracy", "mc_accuracy", "loss")
@@ -72,7 +71,7 @@ def load_spec(name: str, spec_dir: Path = SPEC_DIR) -> dict:
     if not path.is_file():
         known = sorted(p.stem for p in spec_dir.glob("*.yaml"))
         raise FileNotFoundError(f"no task spec {path}; known tasks: {known}")
-    spec = yaml.safe_load(path.read_text())
+    spec = read_yaml(path)
     missing, extra = SPEC_KEYS - set(spec), set(spec) - SPEC_KEYS
     if missing or extra:
         raise ValueError(f"task spec {path}: missing keys {sorted(missing)}, unknown keys {sorted(extra)}")
