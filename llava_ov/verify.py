@@ -43,7 +43,7 @@ def _check_artifact(path: Path, digests: bool, report: Report) -> None:
 def _check_leftover(lo: Leftover, clean: bool, report: Report) -> None:
     if lo.alive:
         return  # a writer is filling it right now
-    why = "its writer is no longer running" if lo.alive is False else "its name records no writer (older llava-ov)"
+    why = "its writer is no longer running" if lo.alive is False else "its name records no writer: an older llava-ov wrote it"
     if clean:
         shutil.rmtree(lo.path, ignore_errors=True)
         report.removed.append(f"removed {lo.path} ({why})")
@@ -56,6 +56,9 @@ def verify(paths: list[Path], digests: bool = False, clean: bool = False) -> Rep
     """Check each path: an artifact folder, or a folder of artifacts (every artifact in it and its leftovers)."""
     report = Report()
     for path in paths:
+        if not path.is_dir():
+            report.problems.append(f"MISSING {path}: no such folder (nothing built yet?)")
+            continue
         if (path / META_NAME).is_file():
             _check_artifact(path, digests, report)
             found = leftovers(path.parent, path.name)
