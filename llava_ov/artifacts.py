@@ -32,7 +32,7 @@ META_NAME = "artifact.json"
 _CHUNK = 1 << 22
 _HOST = xxhash.xxh32_hexdigest(socket.gethostname().encode())
 # .tmp-<artifact>-<pid>-<host>-<random> (being written) and .old-<artifact>-<pid>-<host>-<random> (being replaced)
-_LEFTOVER = re.compile(r"\.(?P<state>tmp|old)-(?P<artifact>.+)-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[0-9a-z_]+")
+_LEFTOVER = re.compile(r"\.(?:tmp|old)-(?P<artifact>.+)-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[0-9a-z_]+")
 
 
 class ArtifactError(RuntimeError):
