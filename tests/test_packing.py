@@ -11,11 +11,13 @@ import torch
 from PIL import Image
 
 from llava_ov.artifacts import ArtifactWriter, digest_file
-from llava_ov.packing.lengths import pool_rows
+from llava_ov.data.shards import read_shard
+from llava_ov.packing.lengths import encode_sample, pool_rows
 from llava_ov.packing.loader import IGNORE, PackedLoader
 from llava_ov.packing.materialize import write_packed_shards
 from llava_ov.packing.plan import first_fit_decreasing, plan_packs
 from llava_ov.text.template import ChatEncoder
+from llava_ov.text import tokenizer as tokenizer_module
 from llava_ov.text.tokenizer import train_bpe
 from llava_ov.vision.image_processing import ImageProcessor
 
@@ -64,11 +66,11 @@ def _png(side, colour):
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def pack_artifact(tmp_path_factory):
-    tok = train_bpe(["what colour is it", "red", "blue", "a caption of a shape"] * 10, 300)
-    enc = ChatEncoder(tok)
-    proc = ImageProcessor(min_pixels=56 * 56, max_pixels=84 * 84)
+CORPUS = ["what colour is it", "red", "blue", "a caption of a shape"] * 10
+
+
+def _samples(enc: ChatEncoder, proc: ImageProcessor) -> tuple[dict, dict]:
+    """12 one-image samples (two image sizes) and their exact lengths under ``enc``/``proc``."""
     samples, lengths = {}, {}
     for i in range(12):
         meta = {"messages": [{"role": "user", "content": "<image>\nwhat colour is it"},
@@ -78,9 +80,21 @@ def pack_artifact(tmp_path_factory):
         samples[sid] = (meta, images)
         grid = proc.grid(56 + 28 * (i % 2), 56 + 28 * (i % 2))
         lengths[sid] = len(enc.encode(meta["messages"], [proc.num_image_tokens(grid)])[0])
-    ids = sorted(samples)
-    plan = plan_packs(np.array([lengths[s] for s in ids]), 128)
-    packs = [[ids[j] for j in plan.members[a:b]] for a, b in zip(plan.offsets[:-1], plan.offsets[1:])]
+    return samples, lengths
+
+
+def _packs(lengths: dict[str, int], capacity: int) -> list[list[str]]:
+    ids = sorted(lengths)
+    plan = plan_packs(np.array([lengths[s] for s in ids]), capacity)
+    return [[ids[j] for j in plan.members[a:b]] for a, b in zip(plan.offsets[:-1], plan.offsets[1:])]
+
+
+@pytest.fixture(scope="module")
+def pack_artifact(tmp_path_factory):
+    enc = ChatEncoder(train_bpe(CORPUS, 300))
+    proc = ImageProcessor(min_pixels=56 * 56, max_pixels=84 * 84)
+    samples, lengths = _samples(enc, proc)
+    packs = _packs(lengths, 128)
     root = tmp_path_factory.mktemp("pack")
     with ArtifactWriter(root / "pack", "pack", 1) as w:
         (w.dir / "plan.parquet").write_bytes(repr(packs).encode())
@@ -153,3 +167,70 @@ def test_pool_rows_digest_sees_only_its_own_pools():
     changed = _lengths_table(["m1", "m2"], chunk=3)
     changed = changed.set_column(2, "total", pa.array([61] + changed["total"].to_pylist()[1:]))
     assert pool_rows(changed, ["align"])[1] != before
+
+
+def _shard_input_ids(folder, names: list[str]) -> list[np.ndarray]:
+    """``input_ids`` of every packed sample of the named shards, in order."""
+    return [np.load(io.BytesIO(raw.files["input_ids.npy"])) for name in names
+            for raw in read_shard(folder / f"{name}.tar")]
+
+
+def _expected_input_ids(enc, proc, samples, packs) -> list[np.ndarray]:
+    return [np.concatenate([encode_sample(enc, proc, samples[s][0]["messages"], samples[s][1])[0] for s in pack])
+            for pack in packs]
+
+
+def test_pack_cache_never_serves_shards_of_another_tokenizer(tmp_path, monkeypatch):
+    """Reordered special tokens keep every length (the plan and the length check pass) but change the ids:
+    a cache keyed by member ids alone would hand back shards with the old tokenizer's ids."""
+    proc = ImageProcessor(min_pixels=56 * 56, max_pixels=84 * 84)
+    old = ChatEncoder(train_bpe(CORPUS, 300))
+    monkeypatch.setattr(tokenizer_module, "SPECIAL_TOKENS", tuple(reversed(tokenizer_module.SPECIAL_TOKENS)))
+    new = ChatEncoder(train_bpe(CORPUS, 300))
+    samples, lengths = _samples(old, proc)
+    assert _samples(new, proc)[1] == lengths and old.image_pad_id != new.image_pad_id
+    packs, cache = _packs(lengths, 128), tmp_path / "cache"
+    write_packed_shards(tmp_path / "old", packs, lengths, samples, old, proc, 2, cache)
+    names = write_packed_shards(tmp_path / "new", packs, lengths, samples, new, proc, 2, cache)
+    got, want = _shard_input_ids(tmp_path / "new", names), _expected_input_ids(new, proc, samples, packs)
+    assert len(got) == len(want) and all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
+def test_pack_cache_never_serves_a_damaged_entry(tmp_path):
+    """A cache file cut short (a kill during the copy, a full disk) or edited is a miss, never an output."""
+    enc, proc = ChatEncoder(train_bpe(CORPUS, 300)), ImageProcessor(min_pixels=56 * 56, max_pixels=84 * 84)
+    samples, lengths = _samples(enc, proc)
+    packs, cache = _packs(lengths, 128), tmp_path / "cache"
+    names = write_packed_shards(tmp_path / "first", packs, lengths, samples, enc, proc, 2, cache)
+    fresh = {n: (tmp_path / "first" / f"{n}.tar").read_bytes() for n in names}
+    entries = sorted(p for p in cache.rglob("*.tar"))
+    assert len(entries) == len(names)
+    entries[0].write_bytes(entries[0].read_bytes()[:700])
+    edited = bytearray(entries[-1].read_bytes())
+    edited[520] ^= 0xFF  # a byte of the first member's data: same size, other content
+    entries[-1].write_bytes(bytes(edited))
+    again = write_packed_shards(tmp_path / "again", packs, lengths, samples, enc, proc, 2, cache)
+    assert {n: (tmp_path / "again" / f"{n}.tar").read_bytes() for n in again} == fresh
+
+
+def test_pack_cache_serves_unchanged_shards_across_runs(tmp_path, monkeypatch):
+    """The same inputs in a later run (the tokenizer loaded again from its folder) hit: nothing is re-encoded."""
+    from transformers import AutoTokenizer
+
+    from llava_ov.packing import materialize
+
+    train_bpe(CORPUS, 300).save_pretrained(tmp_path / "tok")
+    proc = ImageProcessor(min_pixels=56 * 56, max_pixels=84 * 84)
+    enc = ChatEncoder(AutoTokenizer.from_pretrained(tmp_path / "tok"))
+    samples, lengths = _samples(enc, proc)
+    packs, cache = _packs(lengths, 128), tmp_path / "cache"
+    names = write_packed_shards(tmp_path / "first", packs, lengths, samples, enc, proc, 2, cache)
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("an unchanged shard was encoded again")
+
+    monkeypatch.setattr(materialize, "encode_pack", no_encoding)
+    again = ChatEncoder(AutoTokenizer.from_pretrained(tmp_path / "tok"))
+    assert write_packed_shards(tmp_path / "again", packs, lengths, samples, again, proc, 2, cache) == names
+    assert all((tmp_path / "again" / f"{n}.tar").read_bytes() == (tmp_path / "first" / f"{n}.tar").read_bytes()
+               for n in names)

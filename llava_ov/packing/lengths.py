@@ -28,15 +28,13 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from llava_ov.artifacts import Artifact
-from llava_ov.data.reader import IMAGE_EXTS, index_table
-from llava_ov.data.shards import read_shard
-from llava_ov.shard_cache import ShardCache, code_digest
+from llava_ov.data.reader import index_table
+from llava_ov.data.shards import read_shard, sample_images
+from llava_ov.code_digest import code_digest
+from llava_ov.shard_cache import ShardCache
 from llava_ov.text.template import ChatEncoder
 from llava_ov.vision.image_processing import ImageProcessor
 
-# the modules whose code decides a shard's lengths (the per-shard cache key)
-CODE = ("llava_ov.packing.lengths", "llava_ov.text.template", "llava_ov.text.tokenizer",
-        "llava_ov.vision.image_processing", "llava_ov.data.shards")
 
 SCHEMA = pa.schema([("sample_id", pa.string()), ("pool", pa.string()), ("source", pa.string()),
                     ("shard", pa.string()), ("key", pa.string()), ("text_tokens", pa.int32()),
@@ -82,32 +80,27 @@ def _encoder(tokenizer_path: str) -> ChatEncoder:
 
 def shard_lengths(job: ShardJob) -> str:
     """Lengths of every sample of one ingest shard, as a parquet file in the cache (computed on a miss)."""
-    cached = job.cache.path(job.digest)
-    if cached.exists():
+    cached = job.cache.get(job.digest)
+    if cached is not None:
         return str(cached)
     encoder, processor = _encoder(job.tokenizer), ImageProcessor(**job.image)
     columns: dict[str, list] = {name: [] for name in SCHEMA.names}
     for raw in read_shard(job.path):
         meta = json.loads(raw.files["json"])
-        images = [raw.files[f"{i}.{ext}"] for i in range(_n_images(raw.files))
-                  for ext in IMAGE_EXTS if f"{i}.{ext}" in raw.files]
+        images = sample_images(raw.files)
         row = {"sample_id": meta["id"], "pool": job.pool, "source": meta["source"], "shard": job.rel, "key": raw.key,
                **sample_lengths(encoder, processor, meta["messages"], images)}
         for name, value in row.items():
             columns[name].append(value)
-    tmp = job.cache.writer_path(job.digest)
-    pq.write_table(pa.table(columns, schema=SCHEMA), tmp, compression="zstd")
-    return str(job.cache.commit(tmp, job.digest))
-
-
-def _n_images(files: dict[str, bytes]) -> int:
-    return sum(1 for name in files if name.split(".", 1)[0].isdigit())
+    with job.cache.writing(job.digest) as tmp:
+        pq.write_table(pa.table(columns, schema=SCHEMA), tmp, compression="zstd")
+    return str(job.cache.get(job.digest))
 
 
 def shard_jobs(ingest: Artifact, tokenizer: Artifact, image: dict, pools: tuple[str, ...],
                cache_root: Path) -> list[ShardJob]:
     """One job per ingest shard of ``pools``, in sorted (pool, shard) order."""
-    cache = ShardCache(cache_root, code=code_digest(*CODE), inputs={"tokenizer": tokenizer.digest}, params=image)
+    cache = ShardCache(cache_root, code=code_digest(__name__), inputs={"tokenizer": tokenizer.digest}, params=image)
     shards = index_table(ingest, pools, columns=["pool", "shard"]).group_by(["pool", "shard"]).aggregate([])
     return [ShardJob(str((ingest.path / rel).resolve()), rel, pool, ingest.file_digest(rel),
                      str(tokenizer.path.resolve()), image, cache)
