@@ -42,7 +42,7 @@ def run_stage(stage: str) -> None:
     common = params["common"]
     pol = policy(stage, params, seed)
     init = open_artifact(pol.init_artifact, KIND, SCHEMA)
-    packs = open_artifact(pol.pool_artifact, "pack", 1)
+    packs = open_artifact(pol.pool_artifact, "pack", 2)
     identity = {"init": init.digest, "packs": packs.digest, "policy": pol.as_dict(),
                 **{k: common[k] for k in ("nproc", "tp", "pp", "threads")}}
     run = Run(tp=int(common["tp"]), pp=int(common["pp"]), threads=int(common["threads"]),

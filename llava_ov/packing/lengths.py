@@ -21,9 +21,7 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import xxhash
 from PIL import Image
 from transformers import AutoTokenizer
 
@@ -36,9 +34,11 @@ from llava_ov.text.template import ChatEncoder
 from llava_ov.vision.image_processing import ImageProcessor
 
 
+# `offset`/`size`: the sample's byte extent in its ingest shard, so packing seeks it without a scan
 SCHEMA = pa.schema([("sample_id", pa.string()), ("pool", pa.string()), ("source", pa.string()),
-                    ("shard", pa.string()), ("key", pa.string()), ("text_tokens", pa.int32()),
-                    ("image_tokens", pa.int32()), ("vit_patches", pa.int32()), ("total", pa.int32())])
+                    ("shard", pa.string()), ("key", pa.string()), ("offset", pa.int64()), ("size", pa.int64()),
+                    ("text_tokens", pa.int32()), ("image_tokens", pa.int32()), ("vit_patches", pa.int32()),
+                    ("total", pa.int32())])
 
 
 def encode_sample(encoder: ChatEncoder, processor: ImageProcessor, messages: list[dict],
@@ -89,7 +89,7 @@ def shard_lengths(job: ShardJob) -> str:
         meta = json.loads(raw.files["json"])
         images = sample_images(raw.files)
         row = {"sample_id": meta["id"], "pool": job.pool, "source": meta["source"], "shard": job.rel, "key": raw.key,
-               **sample_lengths(encoder, processor, meta["messages"], images)}
+               "offset": raw.offset, "size": raw.size, **sample_lengths(encoder, processor, meta["messages"], images)}
         for name, value in row.items():
             columns[name].append(value)
     with job.cache.writing(job.digest) as tmp:
@@ -124,16 +124,3 @@ def write_lengths(parts: list[str], out: Path, keep: Callable[[pa.Table], pa.Tab
             stats["tokens"] += int(totals.sum())
             stats["max_total"] = max(stats["max_total"], int(totals.max(initial=0)))
     return stats
-
-
-def pool_rows(table: pa.Table, pools: list[str] | tuple[str, ...]) -> tuple[pa.Table, str]:
-    """The rows of ``pools`` from a ``lengths`` table, and an xxh3-128 digest of exactly those rows.
-
-    ``lengths`` covers every training pool, so a new balance manifest (which only selects ``mid``) changes that
-    artifact. A pack records the digest of the rows it read instead of the whole artifact's, so pack@stage1 comes
-    out byte-identical after a balance change and DVC does not retrain Stage-1 on the same packs."""
-    rows = table.filter(pc.is_in(table["pool"], pa.array(list(pools)))).combine_chunks().replace_schema_metadata(None)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, rows.schema) as writer:
-        writer.write_table(rows)
-    return rows, xxhash.xxh3_128_hexdigest(sink.getvalue().to_pybytes())

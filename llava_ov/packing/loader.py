@@ -4,32 +4,50 @@ Each micro-batch stacks ``micro_batch`` packs into ``[B, capacity]`` tensors (tr
 assistant tokens only, position ids restarting in every sample, ``cu_seqlens`` over the flattened batch (trailing
 padding of each pack is its own segment), and every image's patches and grid. The order of packs is a seeded
 permutation per epoch; ``state_dict()`` records the plan digest and position, and resuming on another plan fails.
+Packs are read one by one by their byte extent (``packs.parquet``), never a whole artifact: a data-parallel rank
+reads only its own micro-batches.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from llava_ov.artifacts import Artifact
-from llava_ov.data.shards import read_shard
+from llava_ov.data.shards import read_sample_at
 from llava_ov.vision.image_processing import ImageProcessor
 
 IGNORE = -100
 
 
-def load_packs(art: Artifact) -> list[dict[str, bytes]]:
-    """All packed samples of a pack artifact, in plan order (a pack artifact is small enough to hold)."""
-    shards = json.loads((art / "shards.json").read_text())
-    packs = []
-    for name in shards:
-        packs += [raw.files for raw in read_shard(art / "shards" / f"{name}.tar")]
-    return packs
+@dataclass(frozen=True)
+class PackIndex:
+    """Where every pack of an artifact is: its shard (an index into ``shards``) and byte extent, as numpy columns."""
+
+    shards: list[Path]
+    shard: np.ndarray
+    offset: np.ndarray
+    size: np.ndarray
+
+    @classmethod
+    def of(cls, art: Artifact) -> "PackIndex":
+        table = pq.read_table(art / "packs.parquet", columns=["shard", "offset", "size"])
+        names = table["shard"].dictionary_encode().combine_chunks()
+        return cls([art / "shards" / f"{n}.tar" for n in names.dictionary.to_pylist()],
+                   names.indices.to_numpy(), table["offset"].to_numpy(), table["size"].to_numpy())
+
+    def __len__(self) -> int:
+        return len(self.offset)
+
+    def read(self, i: int) -> dict[str, bytes]:
+        return read_sample_at(self.shards[self.shard[i]], int(self.offset[i]), int(self.size[i])).files
 
 
 def collate(packs: list[dict[str, bytes]], capacity: int, pad_id: int, processor: ImageProcessor) -> dict:
@@ -68,16 +86,22 @@ def collate(packs: list[dict[str, bytes]], capacity: int, pad_id: int, processor
 
 
 class PackedLoader:
-    """Iterates micro-batches of a pack artifact forever (epoch after epoch), resumable by ``state_dict``."""
+    """Iterates this data-parallel rank's micro-batches of a pack artifact forever, resumable by ``state_dict``.
+
+    The order of packs is a seeded permutation per epoch, the same on every rank; global micro-batch ``m`` is packs
+    ``order[m*B:(m+1)*B]`` and rank ``r`` of ``world`` takes micro-batches ``r, r + world, ...``, reading only those
+    packs (one seek each). Memory is a few numpy columns per pack plus one micro-batch.
+    """
 
     def __init__(self, art: Artifact, micro_batch: int, pad_id: int, processor: ImageProcessor,
-                 seed: int = 0) -> None:
+                 seed: int = 0, rank: int = 0, world: int = 1) -> None:
         self.art, self.micro_batch, self.pad_id, self.processor, self.seed = art, micro_batch, pad_id, processor, seed
+        self.rank, self.world = rank, world
         self.capacity = int(art.meta["stats"]["capacity"])
-        self.packs = load_packs(art)
-        if not self.packs:
+        self.packs = PackIndex.of(art)
+        if not len(self.packs):
             raise ValueError(f"pack artifact {art.path} has no packs")
-        self.epoch, self.position = 0, 0
+        self.epoch, self.position = 0, 0  # position: global micro-batches of this epoch already consumed
 
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.packs))
@@ -93,11 +117,16 @@ class PackedLoader:
                              f"checkpoints) instead of resuming")
         self.epoch, self.position = state["epoch"], state["position"]
 
+    def batch(self, indices: np.ndarray) -> dict:
+        """One micro-batch of the given packs."""
+        return collate([self.packs.read(int(i)) for i in indices], self.capacity, self.pad_id, self.processor)
+
     def __iter__(self) -> Iterator[dict]:
         while True:
             order = self._order(self.epoch)
-            while self.position + self.micro_batch <= len(order):
-                chosen = order[self.position:self.position + self.micro_batch]
-                self.position += self.micro_batch
-                yield collate([self.packs[i] for i in chosen], self.capacity, self.pad_id, self.processor)
+            per_epoch = len(order) // self.micro_batch
+            while self.position + self.world <= per_epoch:
+                m = self.position + self.rank
+                self.position += self.world
+                yield self.batch(order[m * self.micro_batch:(m + 1) * self.micro_batch])
             self.epoch, self.position = self.epoch + 1, 0

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
@@ -31,7 +32,7 @@ from llava_ov.megatron.convert import hf_to_megatron, padded_vocab
 from llava_ov.megatron.model import LlavaOVMegatron, Parallel
 from llava_ov.model import LlavaOV15Config, LlavaOV15ForConditionalGeneration
 from llava_ov.model.modeling import load_state
-from llava_ov.packing.loader import PackedLoader, collate
+from llava_ov.packing.loader import PackedLoader
 from llava_ov.text.tokenizer import special_ids
 from llava_ov.train import checkpoint
 from llava_ov.train.batches import forward_step, model_inputs
@@ -101,10 +102,9 @@ def logit_check(model: LlavaOVMegatron, hf_dir: Path, batch: dict) -> float:
 
 
 def _micro_batches(stream, policy: Policy) -> list[dict]:
-    """This data-parallel rank's ``grad_accum`` micro-batches of the next global step."""
-    dp, rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
-    taken = [next(stream) for _ in range(policy.grad_accum * dp)]
-    return taken[rank::dp]
+    """This data-parallel rank's ``grad_accum`` micro-batches of the next global step (the loader reads only
+    this rank's packs: micro-batches ``rank, rank + dp, ...`` of the global order)."""
+    return [next(stream) for _ in range(policy.grad_accum)]
 
 
 def load_model(init_dir: Path, parallel: Parallel) -> tuple[LlavaOVMegatron, LlavaOV15Config]:
@@ -187,12 +187,13 @@ def train(policy: Policy, run: Run, init_dir: Path, packs: Artifact, identity: d
 
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
     pad_id = special_ids(tokenizer)["<|endoftext|>"]
-    loader = PackedLoader(packs, policy.micro_batch, pad_id, ImageProcessor.load(init_dir), seed=policy.seed)
+    loader = PackedLoader(packs, policy.micro_batch, pad_id, ImageProcessor.load(init_dir), seed=policy.seed,
+                          rank=parallel_state.get_data_parallel_rank(),
+                          world=parallel_state.get_data_parallel_world_size())
     step = checkpoint.prepare(run.checkpoints, identity)
     diff = None
     if step is None:  # a fresh start converts: gate it on the logit check
-        diff = logit_check(model, init_dir, collate(loader.packs[:CHECK_PACKS], loader.capacity, pad_id,
-                                                    loader.processor))
+        diff = logit_check(model, init_dir, loader.batch(np.arange(min(CHECK_PACKS, len(loader.packs)))))
         if not diff <= run.logit_tolerance:
             raise RuntimeError(f"HF -> megatron conversion check failed: max |logit diff| {diff:.3g} > tolerance "
                                f"{run.logit_tolerance} (params.yaml train.common.logit_tolerance)")
