@@ -4,6 +4,10 @@ Each micro-batch stacks ``micro_batch`` packs into ``[B, capacity]`` tensors (tr
 assistant tokens only, position ids restarting in every sample, ``cu_seqlens`` over the flattened batch (trailing
 padding of each pack is its own segment), and every image's patches and grid. The order of packs is a seeded
 permutation per epoch; ``state_dict()`` records the plan digest and position, and resuming on another plan fails.
+
+Data-parallel training reads the one global stream of micro-batches through :meth:`PackedLoader.take`: every rank
+advances over the same micro-batches (so their positions, and the checkpointed state, agree), but collates only
+its own (micro-batch ``i`` of a step belongs to rank ``i % world``), so no rank decodes another rank's images.
 """
 
 from __future__ import annotations
@@ -78,9 +82,12 @@ class PackedLoader:
         if not self.packs:
             raise ValueError(f"pack artifact {art.path} has no packs")
         self.epoch, self.position = 0, 0
+        self._permutation: tuple[int, np.ndarray | None] = (-1, None)
 
     def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.packs))
+        if self._permutation[0] != epoch:
+            self._permutation = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.packs)))
+        return self._permutation[1]
 
     def state_dict(self) -> dict:
         return {"plan_digest": self.art.meta["stats"]["plan_digest"], "epoch": self.epoch, "position": self.position}
@@ -93,11 +100,19 @@ class PackedLoader:
                              f"checkpoints) instead of resuming")
         self.epoch, self.position = state["epoch"], state["position"]
 
+    def take(self, count: int, rank: int = 0, world: int = 1) -> list[dict]:
+        """The next ``count`` micro-batches of the stream, of which this ``rank`` (of ``world`` data-parallel
+        ranks) collates and returns those with ``i % world == rank``; the position advances past all ``count``."""
+        out = []
+        for i in range(count):
+            if self.position + self.micro_batch > len(self.packs):
+                self.epoch, self.position = self.epoch + 1, 0
+            if i % world == rank:
+                chosen = self._order(self.epoch)[self.position:self.position + self.micro_batch]
+                out.append(collate([self.packs[j] for j in chosen], self.capacity, self.pad_id, self.processor))
+            self.position += self.micro_batch
+        return out
+
     def __iter__(self) -> Iterator[dict]:
         while True:
-            order = self._order(self.epoch)
-            while self.position + self.micro_batch <= len(order):
-                chosen = order[self.position:self.position + self.micro_batch]
-                self.position += self.micro_batch
-                yield collate([self.packs[i] for i in chosen], self.capacity, self.pad_id, self.processor)
-            self.epoch, self.position = self.epoch + 1, 0
+            yield self.take(1)[0]

@@ -12,6 +12,8 @@ from functools import partial
 
 import torch
 
+from llava_ov.megatron.model import device
+
 IGNORE = -100
 
 
@@ -41,8 +43,13 @@ def loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
     return total, count.to(torch.int), {"lm loss": torch.stack([total.detach(), count])}
 
 
+def to_device(inputs: dict, where: torch.device) -> dict:
+    """The tensors of ``inputs`` on ``where`` (copied while the host goes on: one micro-batch at a time)."""
+    return {k: v.to(where, non_blocking=True) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+
 def forward_step(data_iterator, model):
-    """megatron schedule hook: run one micro-batch; the loss is reduced on the last pipeline stage."""
-    inputs = model_inputs(next(data_iterator))
+    """megatron schedule hook: run one micro-batch on this rank's device; the loss is reduced on the last stage."""
+    inputs = to_device(model_inputs(next(data_iterator)), device())
     output = model(**inputs)  # the loss mask also tells the model where logits are needed
     return output, partial(loss_func, inputs["loss_mask"])
