@@ -274,3 +274,95 @@ def test_megatron_gradients_match_hf(hf_model, megatron_model):
         if grad.shape != want.shape:  # padded vocabulary rows of megatron's embedding/output layer
             grad = grad[:want.shape[0]]
         torch.testing.assert_close(grad, want, rtol=1e-3, atol=1e-5, msg=name)
+
+
+# ---------------------------------------------------------------- memory knobs and precision (one gloo rank)
+
+def _built(hf_model, compute):
+    from llava_ov.megatron.model import LlavaOVMegatron, Parallel
+
+    model = LlavaOVMegatron(hf_model.config, Parallel(), padded_vocab(300, 1), compute)
+    model.load_state_dict(hf_to_megatron(hf_model.state_dict(), hf_model.config)[(0, 0)], strict=False)
+    return model
+
+
+def _loss_and_grads(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    model.train()
+    ids = batch["input_ids"].reshape(1, -1)
+    losses = model(ids, batch["cu_seqlens"], labels=torch.roll(ids, -1), pixel_values=batch["pixel_values"],
+                   image_grid_thw=batch["image_grid_thw"])
+    losses.sum().backward()
+    return losses.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("recompute", ["full", "selective"])
+def test_activation_recompute_gives_the_same_losses_and_grads(hf_model, megatron_model, recompute):
+    """Full recompute (every layer of the ViT and the LM re-runs its forward in backward, megatron's checkpoint
+    function) and selective (core attention only) change memory, not numbers."""
+    from llava_ov.megatron.model import Compute
+
+    batch = packed_batch()
+    plain, re = _built(hf_model, Compute()), _built(hf_model, Compute(recompute=recompute))
+    assert re.language_model.decoder.config.recompute_granularity == recompute
+    assert re.vision.decoder.config.recompute_granularity == recompute
+    l0, g0 = _loss_and_grads(plain, batch)
+    l1, g1 = _loss_and_grads(re, batch)
+    assert torch.equal(l0, l1)
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_unknown_recompute_is_refused():
+    from llava_ov.megatron.model import Compute
+
+    with pytest.raises(ValueError, match="train.common.recompute"):
+        Compute(recompute="some")
+
+
+def test_bf16_params_train_with_fp32_main_params_and_grads(hf_model, megatron_model, tmp_path):
+    """dtype bf16: the model's parameters and activations are bf16 (the ViT's rotary table stays fp32), megatron's
+    distributed optimizer holds fp32 main params and the DDP buffers fp32 grads; two steps on the CPU train."""
+    from llava_ov.megatron.model import Compute
+    from llava_ov.megatron.precision import precision
+    from llava_ov.train.policy import policy
+    from llava_ov.train.trainer import Run, prepare, train_step
+    from tests.train_project import train_params
+
+    run = Run(tp=1, pp=1, threads=1, save_every=100, logit_tolerance=1.0, checkpoints=tmp_path, live_dir=None,
+              dtype="bf16")
+    model = _built(hf_model, run.compute())
+    assert run.compute() == Compute(precision=precision("bf16"))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.vision.inv_freq.dtype == torch.float32
+    assert model.config.bf16 and model.config.params_dtype == torch.bfloat16
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ddp, optimizer, scheduler = prepare(model, policy("stage1", train_params(trainable="all"), 0), run)
+    inner = optimizer.chained_optimizers  # megatron chains one DistributedOptimizer per param group kind
+    main = [p for opt in inner for group in opt.shard_fp32_from_float16_groups for p in group]
+    assert main and {p.dtype for p in main} == {torch.float32}
+    assert {p.main_grad.dtype for p in model.parameters()} == {torch.float32}
+    batch = {**packed_batch(), "labels": torch.roll(packed_batch()["input_ids"], -1)}
+    losses = []
+    for _ in range(3):  # step 0 runs at warmup's lr 0
+        (total, count), grad_norm, applied = train_step(ddp, optimizer, [batch])
+        scheduler.step(increment=1)
+        losses.append(float(total / count))
+        assert applied and grad_norm > 0
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[2] < losses[1] == losses[0]
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert len(changed) > 0.9 * len(before)  # a few updates are below bf16's resolution of their parameter...
+    assert any(not torch.equal(p, p.bfloat16().float()) for p in main)  # ...and kept in the fp32 main params
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_fp8_is_refused_without_transformer_engine_on_hopper():
+    from llava_ov.megatron.precision import precision
+
+    with pytest.raises(RuntimeError, match="fp8 needs Transformer Engine on a Hopper-or-newer GPU"):
+        precision("fp8")
+    with pytest.raises(ValueError, match="train.common.dtype"):
+        precision("int8")
+    assert precision("fp16").loss_scaling and not precision("bf16").loss_scaling
+    assert precision("fp16").optimizer()["loss_scale"] is None  # None + fp16: megatron's dynamic loss scaler

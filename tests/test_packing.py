@@ -125,6 +125,27 @@ def test_loader_resume_equals_uninterrupted(pack_artifact):
     assert got == reference
 
 
+def test_data_parallel_ranks_collate_only_their_own_micro_batches(pack_artifact, monkeypatch):
+    """take(n, rank, world): rank r gets micro-batches r, r+world, ... of the one global stream (across an epoch
+    boundary), collates nothing else, and every rank ends at the same position (the checkpointed state)."""
+    import llava_ov.packing.loader as loader_module
+
+    art, enc, proc, _ = pack_artifact
+    whole = PackedLoader(art, 2, enc.pad_id, proc, seed=3)
+    reference = [b["sample_ids"] for b in whole.take(4) + whole.take(4)]  # 8 micro-batches: crosses an epoch
+    collated = []
+    real_collate = loader_module.collate
+    monkeypatch.setattr(loader_module, "collate", lambda packs, *a: collated.append(packs) or real_collate(packs, *a))
+    states, got = [], {}
+    for rank in range(2):
+        loader = PackedLoader(art, 2, enc.pad_id, proc, seed=3)
+        got[rank] = [b["sample_ids"] for b in loader.take(4, rank, 2) + loader.take(4, rank, 2)]
+        states.append(loader.state_dict())
+    assert got[0] == reference[0::2] and got[1] == reference[1::2]
+    assert len(collated) == 8  # 4 per rank, not 8 per rank
+    assert states[0] == states[1] == whole.state_dict()
+
+
 def test_resume_on_another_plan_fails(pack_artifact):
     art, enc, proc, _ = pack_artifact
     loader = PackedLoader(art, 2, enc.pad_id, proc)

@@ -33,7 +33,9 @@ def gather_shards(model: torch.nn.Module, exchange: Path) -> dict | None:
     and rank 0 reads them back: pickling tensors through ``gather_object`` took ~18 s for a 15 MB model on gloo.
     """
     position = (parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank())
-    own = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    # copies: on a CPU the parameters are views into DDP's flat buffers, which safetensors refuses to write
+    own = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()
+           if not k.endswith("_extra_state")}
     if dist.get_world_size() == 1:
         return {position: own}
     if dist.get_rank() == 0:
