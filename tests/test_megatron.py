@@ -139,6 +139,51 @@ def test_te_names_round_trip(hf_model):
     assert from_te_names(te).keys() == shard.keys()
 
 
+@pytest.mark.parametrize("tp", [1, 2])
+def test_te_layout_loads_and_exports_bit_exactly(hf_model, tp):
+    """The TE spec's names on the way in (rank_shard te=True, what load_model uses when TE is installed) and out
+    (megatron_to_hf te=True, what the export uses): no local-spec norm name is left, the round trip is exact."""
+    state = hf_model.state_dict()
+    shards = hf_to_megatron(state, hf_model.config, tp=tp, te=True)
+    local = hf_to_megatron(state, hf_model.config, tp=tp)
+    for position, shard in shards.items():
+        assert not [k for k in shard if ".layers." in k and ("input_layernorm" in k or "pre_mlp_layernorm" in k)]
+        assert to_te_names(local[position]).keys() == shard.keys()
+    back = megatron_to_hf(shards, hf_model.config, tp=tp, te=True)
+    assert all(torch.equal(back[k], v) for k, v in state.items()) and back.keys() == state.keys()
+
+
+def test_sharded_checkpoint_is_read_per_rank_slices_only(hf_model, tmp_path):
+    """A released-layout folder in several safetensors shards + index: each (pipeline, tensor) rank reads exactly
+    its slices. Bytes read per rank, counted at the reader: the TP ranks of a stage together read the stage's
+    tensors once, plus one extra copy of the replicated ones per extra rank; nothing of another stage."""
+    from llava_ov.megatron.convert import rank_shard
+    from llava_ov.model.weights import INDEX_FILE, WeightFiles
+
+    hf_model.save_pretrained(tmp_path, max_shard_size="40KB")
+    assert (tmp_path / INDEX_FILE).is_file() and len(list(tmp_path.glob("*.safetensors"))) > 3
+    files = WeightFiles.open(tmp_path)
+    state = hf_model.state_dict()
+    nbytes = {k: v.numel() * v.element_size() for k, v in state.items()}
+    for tp, pp in ((2, 1), (2, 2), (1, 2)):
+        expected = hf_to_megatron(state, hf_model.config, tp=tp, pp=pp)
+        table = rules(hf_model.config, pp)
+        for p in range(pp):
+            on_stage = [r for r in table if min(r.stage, pp - 1) == p]
+            stage_bytes = sum(nbytes[n] for r in on_stage for n in r.hf)
+            replicated = sum(nbytes[r.hf[0]] for r in on_stage if r.kind == "rep")
+            read_by = []
+            for r in range(tp):
+                with files.slices() as read:
+                    shard = rank_shard(hf_model.config, read, tp, pp, p, r)
+                    read_by.append(read.bytes_read)
+                assert shard.keys() == expected[(p, r)].keys()
+                assert all(torch.equal(shard[k], expected[(p, r)][k]) for k in shard), (tp, pp, p, r)
+            assert sum(read_by) == stage_bytes + (tp - 1) * replicated, (tp, pp, p)
+            assert stage_bytes < sum(nbytes.values()) if pp > 1 else stage_bytes == sum(nbytes.values())
+            assert max(read_by) < 0.7 * stage_bytes if tp > 1 else read_by == [stage_bytes], (read_by, stage_bytes)
+
+
 # ---------------------------------------------------------------- forward parity (one gloo rank)
 
 @pytest.fixture(scope="module")

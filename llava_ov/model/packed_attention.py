@@ -38,11 +38,11 @@ _VARLEN_ARGS = set(inspect.signature(varlen_attn).parameters) if varlen_attn is 
 HALF = (torch.float16, torch.bfloat16)
 
 
-def backend(q: torch.Tensor, dropout: float = 0.0) -> str:
-    """The kernel :func:`packed_attention` uses for ``q``: ``flash_attn``, ``torch_varlen``, ``nested`` or ``cpu``."""
-    if not q.is_cuda:
+def backend(device: torch.device, dtype: torch.dtype, dropout: float = 0.0) -> str:
+    """The kernel :func:`packed_attention` uses: ``flash_attn``, ``torch_varlen``, ``nested`` or ``cpu``."""
+    if device.type != "cuda":
         return "cpu"
-    if q.dtype in HALF and dropout == 0.0:
+    if dtype in HALF and dropout == 0.0:
         if flash_attn_varlen_func is not None:
             return "flash_attn"
         if varlen_attn is not None:
@@ -128,7 +128,7 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     ``max_seqlen`` (the longest segment) saves a device sync when the caller knows it.
     """
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    kind = backend(q, dropout)
+    kind = backend(q.device, q.dtype, dropout)
     if kind == "cpu":
         return _windowed(q, k, v, cu_seqlens.tolist(), causal, scale, dropout)
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
