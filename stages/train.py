@@ -1,7 +1,7 @@
 """DVC stage ``train@<stage>`` (stage1, stage1_5, stage2): one training stage, exported as an HF folder.
 
 ``python -m stages.train STAGE`` starts its processes the way :mod:`llava_ov.train.launch` decides: in place (one
-process), torchrun on this node (``train.common.nproc`` processes), torchrun agents on ``train.STAGE.nnodes``
+process), torchrun on this node (``train.common.nproc`` processes), torchrun agents on ``train.nnodes.STAGE``
 nodes (c10d rendezvous from the environment), or under Slurm ``srun`` with one agent per node. Every rank trains
 (llava_ov.train.trainer) and rank 0 exports the final megatron weights into ``artifacts/train_STAGE`` (kind
 ``hf_model``, like stage0) and writes ``metrics/train_STAGE.json``. Resumable checkpoints live in
@@ -23,9 +23,9 @@ KIND, SCHEMA = "hf_model", 1
 
 
 def layout(stage: str) -> Layout:
-    """Processes per node (``train.common.nproc``) and nodes (``train.STAGE.nnodes``) of this stage."""
+    """Processes per node (``train.common.nproc``) and nodes (``train.nnodes.STAGE``) of this stage."""
     params = section("train")
-    return Layout(nproc=int(params["common"]["nproc"]), nnodes=int(params[stage]["nnodes"]))
+    return Layout(nproc=int(params["common"]["nproc"]), nnodes=int(params["nnodes"][stage]))
 
 
 def launch(stage: str, cmd: list[str]) -> None:
@@ -59,7 +59,8 @@ def run_stage(stage: str) -> None:
     result = train(pol, run, init.path, packs, identity)
     shards = gather_shards(result.model, run.checkpoints / "export")
     if dist.get_rank() == 0:
-        used = {"train": {"common": common, stage: params[stage]}, "seed": seed}
+        used = {"train": {"common": common, "nnodes": {stage: params["nnodes"][stage]}, stage: params[stage]},
+                "seed": seed}
         with ArtifactWriter(f"artifacts/train_{stage}", KIND, SCHEMA, params=used,
                             inputs={"init": init, "packs": packs}) as w:
             save_hf(shards, result.hf_config, run.tp, run.pp, init.path, w.dir, te=result.model.te_names)

@@ -70,7 +70,7 @@ def test_each_srun_task_is_a_torchrun_agent_placed_by_slurm():
 
 
 def test_slurm_allocation_must_match_the_stage(scontrol):
-    with pytest.raises(ValueError, match=r"train.stage1_5.nnodes.*has 8.*--nodes=16"):
+    with pytest.raises(ValueError, match=r"train.nnodes.stage1_5.*has 8.*--nodes=16"):
         command("stage1_5", Layout(nproc=8, nnodes=16), {**SLURM, "SLURM_JOB_NUM_NODES": "8"})
 
 
@@ -85,7 +85,7 @@ def test_stage_dry_run_prints_the_launch_for_this_environment(tmp_path, scontrol
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"]["common"]["nproc"] = 8
-    params["train"]["stage1_5"]["nnodes"] = 16
+    params["train"]["nnodes"]["stage1_5"] = 16
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, **SLURM, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-m", "stages.train", "stage1_5", "--dry-run"], cwd=tmp_path, env=env,

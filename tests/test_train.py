@@ -95,11 +95,11 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):
     assert losses(killed) == losses(straight)
 
 
-def configured(root: Path, stage: dict | None = None, **common) -> Path:
-    """``root``'s params.yaml with ``train.common`` (and ``train.stage1``) keys replaced."""
+def configured(root: Path, nnodes: int = 1, **common) -> Path:
+    """``root``'s params.yaml with ``train.common`` keys and Stage-1's node count replaced."""
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"]["common"].update(common)
-    params["train"]["stage1"].update(stage or {})
+    params["train"]["nnodes"]["stage1"] = nnodes
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
 
@@ -160,7 +160,7 @@ def test_two_torchrun_agents_train_like_one_agent_with_two_processes(tmp_path, d
     """MULTI-NODE: two nodes of one process each (two torchrun agents, c10d rendezvous on 127.0.0.1, started the
     way every node is: ``python -m stages.train`` with MASTER_ADDR/MASTER_PORT/NODE_RANK) give the losses and
     the final weights of one agent with two processes."""
-    root = configured(build(tmp_path / "nodes", trainable="all", steps=4), stage={"nnodes": 2}, nproc=1)
+    root = configured(build(tmp_path / "nodes", trainable="all", steps=4), nnodes=2, nproc=1)
     port = str(free_port())
     agents = [subprocess.Popen([sys.executable, "-m", "stages.train", "stage1"], cwd=root,
                                env={**stage_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,

@@ -38,11 +38,10 @@ def train_params(**stage_overrides) -> dict:
               "sequence_parallel": False, "overlap_grad_reduce": False, "overlap_param_gather": False,
               "micro_batch": 2, "save_every": 2, "logit_tolerance": 1e-3, "beta1": 0.9, "eps": 1e-5,
               "clip_grad": 1.0, "min_lr": 1e-6, "warmup_fraction": 0.1}
-    stage1 = {"trainable": "merger", "steps": 6, "lr": 3e-3, "weight_decay": 0.0, "beta2": 0.99, "grad_accum": 1,
-              "nnodes": 1}
-    stage2 = {"trainable": "all", "steps": 6, "lr": 3e-3, "weight_decay": 0.0, "beta2": 0.99, "grad_accum": 1,
-              "nnodes": 1}
-    return {"common": common, "stage1": {**stage1, **stage_overrides}, "stage1_5": dict(stage2), "stage2": stage2}
+    stage1 = {"trainable": "merger", "steps": 6, "lr": 3e-3, "weight_decay": 0.0, "beta2": 0.99, "grad_accum": 1}
+    stage2 = {"trainable": "all", "steps": 6, "lr": 3e-3, "weight_decay": 0.0, "beta2": 0.99, "grad_accum": 1}
+    return {"common": common, "nnodes": {"stage1": 1, "stage1_5": 1, "stage2": 1},
+            "stage1": {**stage1, **stage_overrides}, "stage1_5": dict(stage2), "stage2": stage2}
 
 
 def _image(color: str, shape: str) -> bytes:

@@ -3,7 +3,7 @@
 One torchrun agent per node starts ``nproc`` processes there; agents meet through a c10d rendezvous. Where the
 layout comes from:
 
-- ``params.yaml``: ``train.common.nproc`` (processes per node) and ``train.<stage>.nnodes`` (nodes); they set the
+- ``params.yaml``: ``train.common.nproc`` (processes per node) and ``train.nnodes.<stage>`` (nodes); they set the
   data-parallel size and so the global batch, which is why they are params (DVC reruns the stage when they change).
 - the environment, outside Slurm, for a run over several nodes: the rendezvous endpoint
   ``MASTER_ADDR``/``MASTER_PORT``, this node's ``NODE_RANK`` (optional under c10d) and a job id
@@ -82,7 +82,7 @@ def srun(stage: str, layout: Layout, env: Mapping[str, str]) -> list[str]:
     """From a Slurm batch step: one task per node, each of which becomes that node's torchrun agent."""
     allocated = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 0)
     if allocated != layout.nnodes:
-        raise ValueError(f"train@{stage} is set to run on {layout.nnodes} node(s) (params.yaml train.{stage}.nnodes) "
+        raise ValueError(f"train@{stage} is set to run on {layout.nnodes} node(s) (params.yaml train.nnodes.{stage}) "
                          f"but Slurm job {env.get('SLURM_JOB_ID')} has {allocated}: allocate exactly that many "
                          f"(sbatch --nodes={layout.nnodes}) or change the param")
     head = hostnames(env["SLURM_JOB_NODELIST"])[0]
