@@ -50,6 +50,22 @@ def test_labels_are_shifted_within_rows_and_masked():
     assert count == 4 and total == 0 + 1 + 5 + 6
 
 
+def test_context_parallel_layout_pads_every_sample():
+    """CP cuts each sample into 2·CP equal chunks: samples are padded to a multiple of it (here 4), labels and
+    the loss mask never cover padding, cu_seqlens keep the true lengths, origin maps back to the batch."""
+    from llava_ov.train.batches import cp_layout
+
+    inputs = {"input_ids": torch.arange(1, 9)[None], "labels": torch.arange(11, 19)[None],
+              "loss_mask": torch.tensor([[False, True, True, True, True, False, True, True]]),
+              "cu_seqlens": torch.tensor([0, 5, 8], dtype=torch.int32)}
+    out = cp_layout(inputs, 4)
+    assert out["cu_seqlens_padded"].tolist() == [0, 8, 12] and out["cu_seqlens"].tolist() == [0, 5, 8]
+    assert out["input_ids"].tolist() == [[1, 2, 3, 4, 5, 0, 0, 0, 6, 7, 8, 0]]
+    assert out["labels"].tolist() == [[11, 12, 13, 14, 15, 0, 0, 0, 16, 17, 18, 0]]
+    assert out["loss_mask"].sum() == inputs["loss_mask"].sum() and not out["loss_mask"][0, [5, 6, 7, 11]].any()
+    assert out["origin"].tolist() == [0, 1, 2, 3, 4, -1, -1, -1, 5, 6, 7, -1]
+
+
 def test_stage_trains_merger_only_and_exports_hf_folder(tmp_path):
     root = build(tmp_path / "p")
     result = run_stage(root)

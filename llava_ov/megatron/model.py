@@ -20,7 +20,7 @@ the ViT and merger run whole on every rank of the first pipeline stage, as in th
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import (get_gpt_layer_local_spec,
                                                       get_gpt_layer_with_transformer_engine_spec)
 from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.module import MegatronModule
@@ -53,13 +54,16 @@ RECOMPUTE = ("none", "selective", "full")
 
 @dataclass(frozen=True)
 class Parallel:
-    """How the model is split, and which pipeline stage this rank holds."""
+    """How the model is split, and which pipeline stage this rank holds. ``whole_group``: a process group of this
+    rank alone, which the ViT's attention gets as its context-parallel group when the LM runs CP (cp > 1): the ViT
+    sees whole images on every rank."""
 
     tp: int = 1
     pp: int = 1
     pp_rank: int = 0
     cp: int = 1
     sequence_parallel: bool = False
+    whole_group: object = field(default=None, compare=False)
 
     @property
     def first(self) -> bool:
@@ -98,6 +102,7 @@ def _common(parallel: Parallel, compute: Compute, *, split: bool) -> dict:
     merger are not (first pipeline stage, whole sequence on every rank)."""
     return dict(tensor_model_parallel_size=parallel.tp, pipeline_model_parallel_size=parallel.pp if split else 1,
                 context_parallel_size=parallel.cp if split else 1,
+                variable_seq_lengths=split and parallel.cp > 1,  # CP pads each sample: lengths vary by micro-batch
                 sequence_parallel=parallel.sequence_parallel and split,
                 use_cpu_initialization=not torch.cuda.is_available(),
                 hidden_dropout=0.0, attention_dropout=0.0, bias_dropout_fusion=False, apply_rope_fusion=False,
@@ -172,14 +177,18 @@ def block_spec(config: TransformerConfig, layer: ModuleSpec) -> ModuleSpec | Tra
     return TransformerBlockSubmodules(layer_specs=[layer] * get_num_layers_to_build(config), layer_norm=TorchNorm)
 
 
-def packed_params(cu_seqlens: torch.Tensor, longest: int | None = None) -> PackedSeqParams:
+def packed_params(cu_seqlens: torch.Tensor, longest: int | None = None,
+                  padded: torch.Tensor | None = None) -> PackedSeqParams:
     """``thd`` PackedSeqParams for self-attention over segments with boundaries ``cu_seqlens`` (``longest``: the
-    longest segment, when the caller knows it without a device sync)."""
+    longest segment, when the caller knows it without a device sync; ``padded``: the boundaries of the segments
+    padded for context parallelism, see :func:`llava_ov.train.batches.cp_layout`)."""
     cu = cu_seqlens.to(torch.int32)
+    bounds = cu if padded is None else padded.to(torch.int32)
     if longest is None:
-        longest = int((cu[1:] - cu[:-1]).max())
+        longest = int((bounds[1:] - bounds[:-1]).max())
     return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest,
-                           max_seqlen_kv=longest)
+                           max_seqlen_kv=longest, cu_seqlens_q_padded=None if padded is None else bounds,
+                           cu_seqlens_kv_padded=None if padded is None else bounds)
 
 
 def device() -> torch.device:
@@ -202,9 +211,13 @@ class RiceVision(MegatronModule):
         self.register_buffer("inv_freq", 1.0 / hf_vision.rope_theta ** (
             torch.arange(0, head_dim // 2, 2).float() / (head_dim // 2)), persistent=False)
         self.pre_layernorm = TorchNorm(config, config.hidden_size, eps=config.layernorm_epsilon)
+        groups = None
+        if parallel.cp > 1:  # the rotary code takes the CP group's size from the groups it is given
+            groups = ProcessGroupCollection.use_mpu_process_groups()
+            groups.cp = parallel.whole_group
         self.decoder = TransformerBlock(config, block_spec(config, layer_spec(causal=False, rms=False,
                                                                               qk_layernorm=False)),
-                                        post_layer_norm=False)
+                                        post_layer_norm=False, pg_collection=groups)
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         x = pixel_values.view(-1, self.channels, self.patch, self.patch).to(self.patch_embed.weight.dtype)
@@ -300,44 +313,54 @@ class LlavaOVMegatron(MegatronModule):
         """Pipeline stages after the first receive hidden states instead of token ids."""
         self.language_model.set_input_tensor(input_tensor)
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
-              image_grid_thw: torch.Tensor | None) -> torch.Tensor:
-        """[s, 1, h] token embeddings with merged image features in the ``<|image_pad|>`` slots ([s/TP, 1, h],
-        this rank's slice, under sequence parallelism: the slots are filled on the whole sequence first)."""
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, image_grid_thw: torch.Tensor | None,
+              cp_index: torch.Tensor | None = None) -> torch.Tensor:
+        """[s, 1, h] token embeddings with merged image features in the ``<|image_pad|>`` slots. The slots are
+        filled on the whole sequence; then context parallelism keeps this rank's positions (``cp_index``) and
+        sequence parallelism this TP rank's slice of them."""
+        sp = self.config.sequence_parallel
         embeds = self.language_model.embedding(input_ids=input_ids, position_ids=None)  # [s(/TP), 1, h]
         slots = (input_ids == self.image_token_id).transpose(0, 1)  # [s, 1]
         n_slots = int(slots.sum())
-        if pixel_values is None:
-            if n_slots:
-                raise ValueError(f"batch has {n_slots} <|image_pad|> tokens but no pixel_values")
+        if pixel_values is None and n_slots:
+            raise ValueError(f"batch has {n_slots} <|image_pad|> tokens but no pixel_values")
+        if pixel_values is None and cp_index is None:
             return embeds
-        features = self.merger(self.vision(pixel_values, image_grid_thw)).to(embeds.dtype)
-        if features.shape[0] != n_slots:
-            raise ValueError(f"{features.shape[0]} merged image patches (grids {image_grid_thw.tolist()}) but "
-                             f"{n_slots} <|image_pad|> tokens: the packed batch and the image processor disagree")
-        if not self.config.sequence_parallel:
-            return embeds.masked_scatter(slots[..., None], features)
-        whole = gather_from_sequence_parallel_region(embeds, tensor_parallel_output_grad=False)
-        return scatter_to_sequence_parallel_region(whole.masked_scatter(slots[..., None], features))
+        whole = gather_from_sequence_parallel_region(embeds, tensor_parallel_output_grad=False) if sp else embeds
+        if pixel_values is not None:
+            features = self.merger(self.vision(pixel_values, image_grid_thw)).to(embeds.dtype)
+            if features.shape[0] != n_slots:
+                raise ValueError(f"{features.shape[0]} merged image patches (grids {image_grid_thw.tolist()}) "
+                                 f"but {n_slots} <|image_pad|> tokens: the packed batch and the image processor "
+                                 f"disagree")
+            whole = whole.masked_scatter(slots[..., None], features)
+        if cp_index is not None:
+            whole = whole.index_select(0, cp_index)
+        return scatter_to_sequence_parallel_region(whole) if sp else whole
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, labels: torch.Tensor | None = None,
                 loss_mask: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
-                image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
+                image_grid_thw: torch.Tensor | None = None, cu_seqlens_padded: torch.Tensor | None = None,
+                cp_index: torch.Tensor | None = None) -> torch.Tensor:
         """Packed micro-batch flattened to one row: ``input_ids``/``labels``/``loss_mask`` [1, t] (labels shifted).
 
         On the last stage: per-token losses [1, t] when ``labels`` is given (with ``loss_mask``, logits are
         computed only where it is true and the other positions hold 0), else logits [1, t, vocab/TP], or with
         ``loss_mask`` the logits of its true positions only [1, n, vocab/TP]. Other stages return hidden states.
+        Under context parallelism (:func:`llava_ov.train.batches.local_inputs`) ``input_ids`` is the whole padded
+        sequence, ``labels``/``loss_mask`` and the result cover this rank's positions ``cp_index`` only.
         """
-        if self.config.sequence_parallel and input_ids.shape[1] % self.parallel.tp:
-            raise ValueError(f"sequence parallelism splits the {input_ids.shape[1]} packed tokens over TP="
-                             f"{self.parallel.tp}: use a pack capacity x micro_batch divisible by TP")
-        decoder_input = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else None
+        local = input_ids.shape[1] if cp_index is None else cp_index.shape[0]
+        if self.config.sequence_parallel and local % self.parallel.tp:
+            raise ValueError(f"sequence parallelism splits the {local} packed tokens over TP={self.parallel.tp}: "
+                             f"use a pack capacity x micro_batch divisible by TP")
+        decoder_input = self.embed(input_ids, pixel_values, image_grid_thw, cp_index) if self.pre_process else None
         rows = loss_mask[0].nonzero()[:, 0] if self.post_process and loss_mask is not None else None
         self._logit_rows = rows
         try:
             out = self.language_model(input_ids=None, position_ids=None, attention_mask=None,
-                                      decoder_input=decoder_input, packed_seq_params=packed_params(cu_seqlens))
+                                      decoder_input=decoder_input,
+                                      packed_seq_params=packed_params(cu_seqlens, padded=cu_seqlens_padded))
         finally:
             self._logit_rows = None
         if not self.post_process:

@@ -57,8 +57,9 @@ def init(tp: int, pp: int, cp: int = 1, sequence_parallel: bool = False, seed: i
                                                  context_parallel_size=cp)
     if cuda:
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    whole_group = dist.new_subgroups(group_size=1)[0] if cp > 1 else None  # collective: every rank, here
     return Parallel(tp=tp, pp=pp, pp_rank=parallel_state.get_pipeline_model_parallel_rank(), cp=cp,
-                    sequence_parallel=sequence_parallel)
+                    sequence_parallel=sequence_parallel, whole_group=whole_group)
 
 
 def shutdown() -> None:

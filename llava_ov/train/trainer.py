@@ -39,7 +39,7 @@ from llava_ov.model.modeling import open_checked, packed_causal_mask
 from llava_ov.packing.loader import PackedLoader, collate
 from llava_ov.text.tokenizer import special_ids
 from llava_ov.train import checkpoint
-from llava_ov.train.batches import forward_step, model_inputs, to_device
+from llava_ov.train.batches import forward_step, local_inputs, model_inputs, to_device
 from llava_ov.train.distributed import init
 from llava_ov.train.policy import Policy, is_trainable
 from llava_ov.vision.image_processing import ImageProcessor
@@ -113,12 +113,12 @@ def logit_check(model: LlavaOVMegatron, hf_dir: Path, batch: dict) -> float:
     """
     inputs = model_inputs(batch)
     inputs["loss_mask"] = check_positions(tuple(inputs["loss_mask"].shape))
-    inputs = to_device(inputs, device())
+    inputs = local_inputs(inputs)
     length = inputs["input_ids"].shape[1]
 
     def step(data_iterator, mdl):
         data = dict(next(data_iterator))
-        data.pop("labels")
+        data.pop("labels"), data.pop("origin", None)
         out = mdl(**data)
         return out, lambda o: (o.sum() * 0, {"logits": _gathered(o).detach()})
 
@@ -132,6 +132,8 @@ def logit_check(model: LlavaOVMegatron, hf_dir: Path, batch: dict) -> float:
         and parallel_state.get_data_parallel_rank() == 0 and parallel_state.get_context_parallel_rank() == 0
     if reference_rank:
         rows = inputs["loss_mask"][0].nonzero()[:, 0]
+        if "cp_index" in inputs:  # this CP rank's positions in the padded layout -> positions in the batch
+            rows = inputs["origin"][inputs["cp_index"][rows]]
         ref = _hf_logits(hf_dir, batch, rows, model.config.params_dtype)
         ours = collected[0]["logits"][0, :, :ref.shape[-1]]
         diff = (ours.float() - ref.float()).abs().max()
@@ -307,8 +309,9 @@ def train(policy: Policy, run: Run, init_dir: Path, packs: Artifact, identity: d
         scheduler.step(increment=1)
         if parallel_state.get_tensor_model_parallel_rank() != 0:
             loss.zero_()  # one copy per data-parallel replica (the last stage holds it)
-        tokens = tokens if parallel_state.is_pipeline_first_stage() and \
-            parallel_state.get_tensor_model_parallel_rank() == 0 else torch.zeros((), device=here)
+        counts = parallel_state.is_pipeline_first_stage() and parallel_state.get_tensor_model_parallel_rank() == 0 \
+            and parallel_state.get_context_parallel_rank() == 0
+        tokens = tokens if counts else torch.zeros((), device=here)
         # one collective for the loss, the token count and the step time; the ranks' mean step time makes every
         # rank log the same history, which is part of the checkpoint's common state (dist_checkpointing expects it
         # to agree across ranks)
