@@ -198,3 +198,17 @@ def test_overlapped_grad_reduce_and_param_gather_train_like_plain(tmp_path, dp2)
     root = trained(configured(build(tmp_path / "overlap", trainable="all", steps=4), nproc=2,
                               overlap_grad_reduce=True, overlap_param_gather=True))
     assert_same_training(dp2, root, loss_tol=1e-6, weight_tol=1e-6)
+
+
+def test_gpu_benchmark_runs_at_the_tiny_shape_on_cpu():
+    """benchmarks/bench_train_gpu.py --tiny: the GPU benchmark's code path (megatron model, DDP + distributed
+    optimizer through the trainer's prepare/train_step, synthetic packs with images, FLOP count, attention
+    kernels) executes and prints its table."""
+    result = subprocess.run([sys.executable, "benchmarks/bench_train_gpu.py", "--tiny", "--steps", "2", "--warmup",
+                             "1"], cwd=Path(__file__).resolve().parents[1], env=stage_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, rule, row = result.stdout.strip().splitlines()[-3:]
+    assert header.startswith("| step s | tokens/s | model TFLOP/s | MFU |")
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[0]) > 0 and float(cells[1].replace(",", "")) > 0 and cells[-1].endswith("x")
