@@ -234,7 +234,8 @@ def megatron_to_hf(shards: Shards, config, tp: int = 1, pp: int = 1, te: bool = 
         except KeyError as e:
             raise ValueError(f"megatron checkpoint lacks {rule.key} on pipeline stage {stage}: {e}") from e
         for key, tensor in zip(rule.hf, merge(rule, parts, vocab)):
-            out[key] = tensor.clone(memory_format=torch.contiguous_format)  # owns its storage (vocab rows, q/k/v are views)
+            # a copy that owns its storage: vocabulary rows and q/k/v come out as views of bigger tensors
+            out[key] = tensor.clone(memory_format=torch.contiguous_format)
     return out
 
 

@@ -137,7 +137,8 @@ def merger_config(hf_vision, parallel: Parallel, compute: Compute = Compute()) -
     return TransformerConfig(
         # no attention here; megatron only requires the head count to divide by TP
         num_layers=1, hidden_size=hf_vision.out_hidden_size, ffn_hidden_size=merged, num_attention_heads=parallel.tp,
-        gated_linear_unit=False, activation_func=F.gelu, add_bias_linear=True, **_common(parallel, compute, split=False))
+        gated_linear_unit=False, activation_func=F.gelu, add_bias_linear=True,
+        **_common(parallel, compute, split=False))
 
 
 class TorchNorm:

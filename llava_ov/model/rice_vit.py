@@ -3,7 +3,8 @@
 Read top to bottom: patches (already in 2×2-window order) are embedded by a bias-free conv; every image gets a
 learned CLS token, whose rotary angle is learned too (``class_pos_emb``), while patches get 2D RoPE from their
 (row, col). All images go through the blocks as one sequence with block-diagonal attention, so no image sees
-another (:mod:`llava_ov.model.packed_attention`: varlen kernels on a GPU, windowed masks on the CPU). CLS outputs are dropped and each 2×2 window of patch features is merged into one LLM token.
+another (:mod:`llava_ov.model.packed_attention`: varlen kernels on a GPU, windowed masks on the CPU). CLS
+outputs are dropped and each 2×2 window of patch features is merged into one LLM token.
 """
 
 from __future__ import annotations

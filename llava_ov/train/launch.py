@@ -57,14 +57,10 @@ def hostnames(nodelist: str) -> list[str]:
     return hosts
 
 
-def _python() -> list[str]:
-    return [sys.executable]
-
-
 def torchrun(stage: str, layout: Layout, *, endpoint: str | None = None, node_rank: int | None = None,
              rdzv_id: str | None = None) -> list[str]:
     """The torchrun agent of this node: standalone on one node, a c10d rendezvous at ``endpoint`` otherwise."""
-    cmd = [*_python(), "-m", "torch.distributed.run"]
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
     if layout.nnodes == 1:
         cmd += ["--standalone", f"--nproc-per-node={layout.nproc}"]
     else:
@@ -88,7 +84,7 @@ def srun(stage: str, layout: Layout, env: Mapping[str, str]) -> list[str]:
     head = hostnames(env["SLURM_JOB_NODELIST"])[0]
     endpoint = f"{head}:{env.get('MASTER_PORT') or DEFAULT_PORT}"
     return ["srun", f"--nodes={layout.nnodes}", f"--ntasks={layout.nnodes}", "--ntasks-per-node=1",
-            "--kill-on-bad-exit=1", f"--export=ALL,{AGENT_ENV}={endpoint}", *_python(), "-m", STAGE_MODULE, stage]
+            "--kill-on-bad-exit=1", f"--export=ALL,{AGENT_ENV}={endpoint}", sys.executable, "-m", STAGE_MODULE, stage]
 
 
 def agent(stage: str, layout: Layout, env: Mapping[str, str]) -> list[str]:
