@@ -62,6 +62,8 @@ PARAM_CHANGES = [
     ("balance.target", 3000, ["balance"]),
     ("train.common.micro_batch", 4, TRAINS),
     ("train.common.warmup_fraction", 0.1, TRAINS),
+    ("train.common.dtype", "bf16", TRAINS),
+    ("train.nnodes.stage1_5", 2, ["train@stage1_5"]),
     ("train.stage1.lr", 0.002, ["train@stage1"]),
     ("train.stage1_5.steps", 61, ["train@stage1_5"]),
     ("train.stage2.lr", 0.0001, ["train@stage2"]),
@@ -80,6 +82,7 @@ FILE_CHANGES = [
     ("llava_ov/packing/plan.py", PACKS),
     ("llava_ov/packing/loader.py", TRAINS),
     ("llava_ov/megatron/compat.py", TRAINS),
+    ("llava_ov/train/launch.py", TRAINS),
     ("llava_ov/data/sources/emoji.py", ["ingest"]),
     ("llava_ov/data/prompts.py", ["ingest", *EVALS]),  # the sources write them, the eval specs read them
     ("llava_ov/code_digest.py", [*PACKS, "concept_index", *EVALS]),  # the stages whose caches it keys

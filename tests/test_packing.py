@@ -146,15 +146,25 @@ def test_loader_resume_equals_uninterrupted(pack_artifact):
     assert got == reference
 
 
-def test_data_parallel_ranks_read_disjoint_micro_batches_of_the_one_order(pack_artifact):
-    """Rank r of 2 yields global micro-batches r, r+2, ...: together exactly the one-rank stream, nothing twice."""
+def test_data_parallel_ranks_collate_only_their_own_micro_batches(pack_artifact, monkeypatch):
+    """take(n, rank, world): rank r gets micro-batches r, r+world, ... of the one global stream (across an epoch
+    boundary), collates nothing else, and every rank ends at the same position (the checkpointed state)."""
+    import llava_ov.packing.loader as loader_module
+
     art, enc, proc, _ = pack_artifact
-    one = iter(PackedLoader(art, 1, enc.pad_id, proc, seed=5))
-    ranks = [iter(PackedLoader(art, 1, enc.pad_id, proc, seed=5, rank=r, world=2)) for r in range(2)]
-    n = len(PackedLoader(art, 1, enc.pad_id, proc).packs) // 2 * 2
-    reference = [next(one)["sample_ids"] for _ in range(n)]
-    interleaved = [next(ranks[m % 2])["sample_ids"] for m in range(n)]
-    assert interleaved == reference
+    whole = PackedLoader(art, 2, enc.pad_id, proc, seed=3)
+    reference = [b["sample_ids"] for b in whole.take(4) + whole.take(4)]  # 8 micro-batches: crosses an epoch
+    collated = []
+    real_collate = loader_module.collate
+    monkeypatch.setattr(loader_module, "collate", lambda packs, *a: collated.append(packs) or real_collate(packs, *a))
+    states, got = [], {}
+    for rank in range(2):
+        loader = PackedLoader(art, 2, enc.pad_id, proc, seed=3)
+        got[rank] = [b["sample_ids"] for b in loader.take(4, rank, 2) + loader.take(4, rank, 2)]
+        states.append(loader.state_dict())
+    assert got[0] == reference[0::2] and got[1] == reference[1::2]
+    assert len(collated) == 8  # 4 per rank, not 8 per rank
+    assert states[0] == states[1] == whole.state_dict()
 
 
 def test_resume_on_another_plan_fails(pack_artifact):

@@ -32,12 +32,14 @@ CAPACITY = 160
 
 
 def train_params(**stage_overrides) -> dict:
-    common = {"nproc": 1, "tp": 1, "pp": 1, "threads": 1, "micro_batch": 2, "save_every": 2,
-              "logit_tolerance": 1e-3, "beta1": 0.9, "eps": 1e-5, "clip_grad": 1.0, "min_lr": 1e-6,
-              "warmup_fraction": 0.1}
+    common = {"nproc": 1, "tp": 1, "pp": 1, "cp": 1, "threads": 1, "dtype": "fp32", "recompute": "none",
+              "sequence_parallel": False, "overlap_grad_reduce": False, "overlap_param_gather": False,
+              "micro_batch": 2, "save_every": 2, "logit_tolerance": 1e-3, "beta1": 0.9, "eps": 1e-5,
+              "clip_grad": 1.0, "min_lr": 1e-6, "warmup_fraction": 0.1}
     stage1 = {"trainable": "merger", "steps": 6, "lr": 3e-3, "weight_decay": 0.0, "beta2": 0.99, "grad_accum": 1}
     stage2 = {"trainable": "all", "steps": 6, "lr": 3e-3, "weight_decay": 0.0, "beta2": 0.99, "grad_accum": 1}
-    return {"common": common, "stage1": {**stage1, **stage_overrides}, "stage1_5": dict(stage2), "stage2": stage2}
+    return {"common": common, "nnodes": {"stage1": 1, "stage1_5": 1, "stage2": 1},
+            "stage1": {**stage1, **stage_overrides}, "stage1_5": dict(stage2), "stage2": stage2}
 
 
 def _image(color: str, shape: str) -> bytes:

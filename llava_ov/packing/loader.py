@@ -4,8 +4,12 @@ Each micro-batch stacks ``micro_batch`` packs into ``[B, capacity]`` tensors (tr
 assistant tokens only, position ids restarting in every sample, ``cu_seqlens`` over the flattened batch (trailing
 padding of each pack is its own segment), and every image's patches and grid. The order of packs is a seeded
 permutation per epoch; ``state_dict()`` records the plan digest and position, and resuming on another plan fails.
-Packs are read one by one by their byte extent (``packs.parquet``), never a whole artifact: a data-parallel rank
-reads only its own micro-batches.
+Packs are read one by one by their byte extent (``packs.parquet``), never a whole artifact.
+
+Data-parallel training reads the one global stream of micro-batches through :meth:`PackedLoader.take`: every rank
+advances over the same micro-batches (so their positions, and the checkpointed state, agree), but reads and
+collates only its own (micro-batch ``i`` of a step belongs to rank ``i % world``), so no rank reads another rank's
+packs.
 """
 
 from __future__ import annotations
@@ -86,25 +90,25 @@ def collate(packs: list[dict[str, bytes]], capacity: int, pad_id: int, processor
 
 
 class PackedLoader:
-    """Iterates this data-parallel rank's micro-batches of a pack artifact forever, resumable by ``state_dict``.
+    """Iterates micro-batches of a pack artifact forever (epoch after epoch), resumable by ``state_dict``.
 
-    The order of packs is a seeded permutation per epoch, the same on every rank; global micro-batch ``m`` is packs
-    ``order[m*B:(m+1)*B]`` and rank ``r`` of ``world`` takes micro-batches ``r, r + world, ...``, reading only those
-    packs (one seek each). Memory is a few numpy columns per pack plus one micro-batch.
+    Memory is a few numpy columns per pack (:class:`PackIndex`) plus the micro-batches being collated.
     """
 
     def __init__(self, art: Artifact, micro_batch: int, pad_id: int, processor: ImageProcessor,
-                 seed: int = 0, rank: int = 0, world: int = 1) -> None:
+                 seed: int = 0) -> None:
         self.art, self.micro_batch, self.pad_id, self.processor, self.seed = art, micro_batch, pad_id, processor, seed
-        self.rank, self.world = rank, world
         self.capacity = int(art.meta["stats"]["capacity"])
         self.packs = PackIndex.of(art)
         if not len(self.packs):
             raise ValueError(f"pack artifact {art.path} has no packs")
-        self.epoch, self.position = 0, 0  # position: global micro-batches of this epoch already consumed
+        self.epoch, self.position = 0, 0
+        self._permutation: tuple[int, np.ndarray | None] = (-1, None)
 
     def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.packs))
+        if self._permutation[0] != epoch:
+            self._permutation = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.packs)))
+        return self._permutation[1]
 
     def state_dict(self) -> dict:
         return {"plan_digest": self.art.meta["stats"]["plan_digest"], "epoch": self.epoch, "position": self.position}
@@ -118,15 +122,21 @@ class PackedLoader:
         self.epoch, self.position = state["epoch"], state["position"]
 
     def batch(self, indices: np.ndarray) -> dict:
-        """One micro-batch of the given packs."""
+        """One micro-batch of the given packs (by their index in the plan)."""
         return collate([self.packs.read(int(i)) for i in indices], self.capacity, self.pad_id, self.processor)
+
+    def take(self, count: int, rank: int = 0, world: int = 1) -> list[dict]:
+        """The next ``count`` micro-batches of the stream, of which this ``rank`` (of ``world`` data-parallel
+        ranks) reads, collates and returns those with ``i % world == rank``; the position advances past all."""
+        out = []
+        for i in range(count):
+            if self.position + self.micro_batch > len(self.packs):
+                self.epoch, self.position = self.epoch + 1, 0
+            if i % world == rank:
+                out.append(self.batch(self._order(self.epoch)[self.position:self.position + self.micro_batch]))
+            self.position += self.micro_batch
+        return out
 
     def __iter__(self) -> Iterator[dict]:
         while True:
-            order = self._order(self.epoch)
-            per_epoch = len(order) // self.micro_batch
-            while self.position + self.world <= per_epoch:
-                m = self.position + self.rank
-                self.position += self.world
-                yield self.batch(order[m * self.micro_batch:(m + 1) * self.micro_batch])
-            self.epoch, self.position = self.epoch + 1, 0
+            yield self.take(1)[0]
