@@ -17,7 +17,7 @@ from llava_ov.eval.runner import category_metrics, evaluate, split_tasks
 from llava_ov.eval.scoring import Prompt, Scorer
 from llava_ov.eval.tasks import SPEC_DIR, Task, build_task, load_spec
 from llava_ov.model import LlavaOV15ForConditionalGeneration
-from llava_ov.model.presets import build_config
+from llava_ov.model.family import build_config
 from llava_ov.text.tokenizer import special_ids, train_bpe
 from llava_ov.vision.image_processing import ImageProcessor
 
