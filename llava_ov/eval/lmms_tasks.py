@@ -18,6 +18,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ LMMS_TASKS_DIR = Path(importlib.util.find_spec("lmms_eval").origin).parent / "ta
 DATASET_KEYS = ("dataset_path", "dataset_name", "dataset_kwargs")
 
 
-def find_task_yaml(name: str, include_path: list[str | Path] = ()) -> Path:
+def find_task_yaml(name: str, include_path: Sequence[str | Path] = ()) -> Path:
     """The YAML file that defines task ``name`` (lmms-eval's folder wins over ``include_path``, as in lmms-eval)."""
     line = re.compile(rf"^task:\s*[\"']?{re.escape(name)}[\"']?\s*(#.*)?$", re.M)
     group = re.compile(rf"^group:\s*[\"']?{re.escape(name)}[\"']?\s*(#.*)?$", re.M)
@@ -113,7 +114,7 @@ def _dropping(keep: list[int], rows: int, then):
     return process_docs
 
 
-def resolve(name: str, data_dir: Path | str, include_path: list[str | Path] = (),
+def resolve(name: str, data_dir: Path | str, include_path: Sequence[str | Path] = (),
             model_name: str = MODEL_ID) -> LmmsTask:
     """Find, load and pin task ``name``; its dataset must be available locally (:func:`lmms_data.locate`)."""
     from lmms_eval.utils import load_yaml_config
