@@ -52,8 +52,8 @@ EXACT = """metric_list:
 """
 
 YAMLS = {
-    "shapes_mc": "task: shapes_mc\n" + COMMON + "output_type: generate_until\ndoc_to_text: !function utils.mc_doc_to_text\n"
-                 "doc_to_target: letter\ngeneration_kwargs:\n  max_new_tokens: 4\n  temperature: 0\n"
+    "shapes_mc": "task: shapes_mc\n" + COMMON + "output_type: generate_until\n"
+                 "doc_to_text: !function utils.mc_doc_to_text\ndoc_to_target: letter\ngeneration_kwargs:\n  max_new_tokens: 4\n  temperature: 0\n"
                  "  do_sample: false\n" + EXACT,
     "shapes_short": "task: shapes_short\n" + COMMON + "output_type: generate_until\ndoc_to_text: \"What shape is this?"
                     "\\nAnswer the question using a single word or phrase.\"\ndoc_to_target: shape\n"

@@ -54,7 +54,7 @@ def parts(task: LmmsTask, generation: bool) -> list[str]:
 
 
 def _metric_key(key: str) -> str:
-    """lmms-eval's ``metric,filter`` result key, without the default filter: ``exact_match,none`` → ``exact_match``."""
+    """lmms-eval's ``metric,filter`` result key without the default filter (``exact_match,none``: ``exact_match``)."""
     return key.removesuffix(",none")
 
 

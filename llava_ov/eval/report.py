@@ -1,9 +1,10 @@
 """The build report: what each stage bought, as Markdown + HTML with PNG plots (matplotlib, Agg).
 
 Inputs are the small files other stages already write: ``metrics/eval_<stage>.json`` (accuracy per task and
-category, blind baseline, lmms-eval benchmarks beside the published table of :mod:`llava_ov.eval.published`), ``metrics/balance.json`` (concept coverage), pack plans + lengths (pack fill),
-DVCLive training logs (``plots/train_<stage>/plots/metrics/loss.tsv``) and every stage's ``seconds``. A section
-whose inputs are not built yet says so instead of failing, so the report can be built at any point of the graph.
+category, blind baseline; lmms-eval benchmarks, put beside the published table of :mod:`llava_ov.eval.published`),
+``metrics/balance.json`` (concept coverage), pack plans + lengths (pack fill), DVCLive training logs
+(``plots/train_<stage>/plots/metrics/loss.tsv``) and every stage's ``seconds``. A section whose inputs are not
+built yet says so instead of failing, so the report can be built at any point of the graph.
 Plots carry no timestamps: the same inputs give byte-identical PNGs.
 """
 
