@@ -98,7 +98,7 @@ class LocalData:
         return h.hexdigest()
 
 
-def _populate_hint(task: str, config: dict, folder: Path, split: str) -> str:
+def _populate_hint(config: dict, folder: Path, split: str) -> str:
     hub = config.get("dataset_path")
     name = f", {config['dataset_name']!r}" if config.get("dataset_name") else ""
     return (f"populate it in one of two ways, on a machine with network access, then copy it here: (1) a parquet "
@@ -138,7 +138,7 @@ def locate(task: str, config: dict, data_dir: Path | str) -> LocalData:
         raise MissingDataError(
             f"task {task}: no local copy of its dataset {config.get('dataset_path')!r} (split {split!r}). Looked "
             f"for parquet files in {folder}/ and in the datasets cache (offline; datasets said: "
-            f"{type(e).__name__}: {str(e)[:200]}). {_populate_hint(task, config, folder, split)}") from e
+            f"{type(e).__name__}: {str(e)[:200]}). {_populate_hint(config, folder, split)}") from e
     return LocalData(task, split, "hf_cache", tuple(sorted(f["filename"] for f in dataset.cache_files)),
                      overrides={"dataset_kwargs": {k: v for k, v in kwargs.items() if k != "token"}},
                      load_args=cached)

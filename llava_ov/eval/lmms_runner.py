@@ -61,6 +61,7 @@ def _metric_key(key: str) -> str:
 def run_generation(scorer, task, max_new_tokens: int) -> dict:
     """lmms-eval's evaluator on one task object, through the adapter over ``scorer``: numeric metrics and, per
     document, the target, the (filtered) answers and the task's per-document scores."""
+    # Imported here: the evaluator takes ~10 s to import, which cached runs and pre-Stage-2 checkpoints skip.
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
@@ -68,8 +69,8 @@ def run_generation(scorer, task, max_new_tokens: int) -> dict:
     out = simple_evaluate(model=LlavaOV15Local.around(scorer, max_new_tokens), tasks=[task],
                           task_manager=TaskManager(include_defaults=False), bootstrap_iters=0, log_samples=True,
                           distributed_executor_backend="torchrun", verbosity="WARNING")
-    metrics = {_metric_key(k): v for k, v in out["results"][name].items()
-               if k != "alias" and "_stderr" not in k and isinstance(v, (int, float))}
+    metrics = {_metric_key(k): float(v) for k, v in out["results"][name].items()
+               if k != "alias" and "_stderr" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
     keep = {"doc_id", "target", "filtered_resps", *(m["metric"] for m in task.config.metric_list or [])}
     samples = [{k: v for k, v in s.items() if k in keep} for s in out["samples"][name]]
     return {"summary": metrics, "samples": json.loads(json.dumps(samples, default=str))}

@@ -15,18 +15,21 @@ model-specific prompt.
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import lmms_eval.api.metrics  # noqa: F401  (registers the metrics that task configs name)
+from lmms_eval.api.task import ConfigurableTask
+from lmms_eval.utils import load_yaml_config
+
 from llava_ov.artifacts import digest_file, digest_json
 from llava_ov.eval.lmms_adapter import MODEL_ID
 from llava_ov.eval.lmms_data import LocalData, locate, undecodable
 
-LMMS_TASKS_DIR = Path(importlib.util.find_spec("lmms_eval").origin).parent / "tasks"
+LMMS_TASKS_DIR = Path(lmms_eval.__file__).parent / "tasks"
 DATASET_KEYS = ("dataset_path", "dataset_name", "dataset_kwargs")
 
 
@@ -89,9 +92,6 @@ class LmmsTask:
         """(lmms-eval task object, failures): the task reads the local copy, and items whose images do not decode
         are dropped before lmms-eval sees them; ``failures`` maps their row index to the reason. The task object
         is None when no item is left."""
-        import lmms_eval.api.metrics  # noqa: F401  (registers the metrics that task configs name)
-        from lmms_eval.api.task import ConfigurableTask
-
         dataset = self.data.load()
         failures = undecodable(dataset)
         config = {**self.config, **self.data.overrides}
@@ -117,8 +117,6 @@ def _dropping(keep: list[int], rows: int, then):
 def resolve(name: str, data_dir: Path | str, include_path: Sequence[str | Path] = (),
             model_name: str = MODEL_ID) -> LmmsTask:
     """Find, load and pin task ``name``; its dataset must be available locally (:func:`lmms_data.locate`)."""
-    from lmms_eval.utils import load_yaml_config
-
     path = find_task_yaml(name, include_path)
     config = load_yaml_config(str(path), mode="full")
     if "class" in config:
