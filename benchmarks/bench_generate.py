@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     work = prompts(items + max(batches), width, height)
     visual_tokens = ckpt.images.num_image_tokens(ckpt.images.grid(width, height))
     params = sum(p.numel() for p in ckpt.model.parameters())
-    print(f"{'tiny' if args.tiny else '4B'}-shaped model, {params / 1e9:.2f}B parameters, random weights, {dtype} "
+    print(f"{'tiny' if args.tiny else '4B'}-shaped model, {params / 1e6:,.1f}M parameters, random weights, {dtype} "
           f"on {device}; {items} items of one {width}x{height} image ({visual_tokens} visual tokens), "
           f"{new_tokens} new tokens each")
     rows = []
