@@ -347,3 +347,19 @@ def test_report_puts_lmms_scores_beside_the_published_table(tmp_path):
     assert "published" not in build_report(root, out, ["stage2"], [], [], [], {}, {"model": "", "stage": "stage2",
                                                                                    "tolerance": 2.0})
     assert "Published benchmarks" not in (out / "report.md").read_text()
+
+
+def test_a_leading_system_turn_is_not_the_question():
+    """Ingest keeps a sample's system turn; the eval prompt is its first user turn and the blind baseline pairs
+    user with assistant turns after it."""
+    from llava_ov.eval.blind import BlindBaseline
+    from llava_ov.eval.tasks import build_task
+
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "<image>\nWhat shape?"},
+                {"role": "assistant", "content": "circle"}]
+    spec = {"name": "t", "select": {"source": "s"}, "prompt": "sample", "target": "answer", "metrics": ["accuracy"]}
+    sample = {"id": "a", "source": "s", "category": "c", "messages": messages, "answer": "circle"}
+    task = build_task(spec, [(sample, [b"img"])])
+    assert task.items[0].prompt == "<image>\nWhat shape?"
+    baseline = BlindBaseline.fit([("s", messages)])
+    assert baseline.fallback["s"] == "circle"
