@@ -101,7 +101,7 @@ def test_stale_stages_from_the_lock():
     assert stale_metric_files(partial, params) == {"lengths", "eval"}
     # a param changed after the last run of the stage that reads it
     assert stale_stages(consistent, {**params, "balance.mix.emoji": 3.0}) == {"balance", "lengths", "eval"}
-    assert stale_stages(consistent, {**params, "lengths.workers": 1}) == {"lengths", "eval"}
+    assert stale_stages(consistent, {**params, "lengths.pools": ["align", "mid"]}) == {"lengths", "eval"}
 
 
 def test_cli_compare_reads_json_and_refuses_unknown_metrics(tmp_path, monkeypatch):

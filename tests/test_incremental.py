@@ -89,7 +89,7 @@ FILE_CHANGES = [
     ("llava_ov/train/launch.py", TRAINS),
     ("llava_ov/data/sources/emoji.py", ["ingest"]),
     ("llava_ov/data/prompts.py", ["ingest", *EVALS]),  # the sources write them, the eval specs read them
-    ("llava_ov/code_digest.py", [*PACKS, "concept_index", *EVALS]),  # the stages whose caches it keys
+    ("llava_ov/code_digest.py", ["lengths", *PACKS, "concept_index", *EVALS]),  # the stages whose caches it keys
     ("llava_ov/optim.py", ["vit_base", "llm_base", "concept_encoder", "concept_index"]),
     ("llava_ov/text/template.py", ["tokenizer", "lengths", *PACKS, "llm_base", *EVALS]),
     ("llava_ov/model/rice_vit.py", ["vit_base", "llm_base", "stage0", *TRAINS, *EVALS]),

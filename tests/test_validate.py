@@ -304,3 +304,14 @@ def test_a_truncated_tar_is_a_clear_error_naming_the_shard(tmp_path, cut):
         with ArtifactWriter(tmp_path / "artifacts" / "ingest", "ingest", 1) as w:
             validate_released({"released": {"align": "data/align"}}, tmp_path, w.dir)
     assert not (tmp_path / "artifacts" / "ingest").exists()  # no half-written artifact
+
+
+def test_truncated_image_is_rejected_even_when_another_library_allows_truncated_loads(monkeypatch):
+    """lmms-eval sets Pillow's process-wide LOAD_TRUNCATED_IMAGES on import; validation must not inherit it."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    files = _files(ext="jpg")
+    files["0.jpg"] = files["0.jpg"][: len(files["0.jpg"]) // 2]
+    assert _rejected(files).startswith("image 0.jpg is corrupt or truncated")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for whoever set it

@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from llava_ov.data.shards import messages_text, sample_id
 from llava_ov.vision.image_processing import MAX_ASPECT_RATIO
@@ -42,8 +44,25 @@ class Rejected(ValueError):
     sample_id: str = ""
 
 
+@contextmanager
+def _strict_decoding() -> Iterator[None]:
+    """Pillow pads a truncated file with grey and says nothing when ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set, a
+    process-wide flag other libraries set on import (lmms-eval does): validation decodes strictly whatever it is."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
 def check_image(data: bytes, name: str) -> tuple[int, int, bool]:
     """Decode an image fully (a truncated file fails only on load); returns (width, height, all black)."""
+    with _strict_decoding():
+        return _decode(data, name)
+
+
+def _decode(data: bytes, name: str) -> tuple[int, int, bool]:
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as probe:
             probe.verify()
