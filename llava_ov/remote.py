@@ -64,7 +64,8 @@ def _check_local(name: str, path: Path, write: bool) -> list[str]:
         if write and not os.access(path, os.W_OK):
             raise RemoteProblem(f"remote {name!r}: folder {path} is not writable: pull works, push will not. "
                                 f"Fix its permissions or `dvc remote modify --local {name} url OTHER_FOLDER`")
-        return [f"remote {name!r}: local folder {path}", "  read: ok", "  write: ok" if write else "  write: not checked"]
+        return [f"remote {name!r}: local folder {path}", "  read: ok",
+                "  write: ok" if write else "  write: not checked"]
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is None or not os.access(parent, os.W_OK):
         raise RemoteProblem(f"remote {name!r}: folder {path} does not exist and cannot be created: "

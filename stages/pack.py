@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from llava_ov.artifacts import ArtifactWriter, digest_file, open_artifact, write_json, write_jsonl
 from llava_ov.data.reader import iter_samples, open_ingest
 from llava_ov.packing.lengths import pool_rows
-from llava_ov.packing.materialize import write_packed_shards
+from llava_ov.packing.materialize import pack_bytes, packs_per_shard, write_packed_shards
 from llava_ov.packing.plan import plan_packs
 from llava_ov.params import load_params
 from llava_ov.text.template import ChatEncoder
@@ -41,6 +41,8 @@ def main(stage: str) -> None:
     samples = {row["sample_id"]: (meta, images) for row, meta, images in iter_samples(ingest, tuple(cfg["pools"]))
                if row["sample_id"] in wanted}
     lengths = dict(zip(table["sample_id"], table["total"].astype(int)))
+    per_shard = packs_per_shard([pack_bytes(sum(lengths[s] for s in pack), [im for s in pack for im in samples[s][1]])
+                                 for pack in packs], cfg["shard_bytes"])
     encoder = ChatEncoder(AutoTokenizer.from_pretrained(tokenizer.path))
     with ArtifactWriter(f"artifacts/pack_{stage}", KIND, SCHEMA, params={"pack": cfg, "image": image},
                         inputs={"ingest": ingest, "tokenizer": tokenizer, "lengths": rows_digest}) as w:
@@ -49,9 +51,11 @@ def main(stage: str) -> None:
                        compression="zstd")
         write_jsonl(w.dir / "rejects.jsonl", rejects)
         names = write_packed_shards(w.dir / "shards", packs, lengths, samples, encoder, ImageProcessor(**image),
-                                    cfg["packs_per_shard"], Path("cache/pack_shards"))
+                                    per_shard, Path("cache/pack_shards"))
         write_json(w.dir / "shards.json", names)
-        w.stats.update(capacity=capacity, patch_capacity=patch_capacity, packs=plan.n_packs,
+        shard_bytes = sum((w.dir / "shards" / f"{name}.tar").stat().st_size for name in names)
+        w.stats.update(capacity=capacity, patch_capacity=patch_capacity, packs=plan.n_packs, shards=len(names),
+                       packs_per_shard=per_shard,
                        samples=int(len(plan.members)), plan_digest=digest_file(w.dir / "plan.parquet"))
     total = int(table["total"][plan.members].sum())
     lower = -(-total // capacity)
@@ -59,7 +63,8 @@ def main(stage: str) -> None:
                "fill": round(total / (plan.n_packs * capacity), 4), "lower_bound_packs": lower,
                "gap": round((plan.n_packs - lower) / lower, 5),
                "padding_compression": round(len(plan.members) / plan.n_packs, 3),
-               "rejected": len(rejects), "seconds": round(time.perf_counter() - t0, 2)}
+               "rejected": len(rejects), "shards": len(names), "mean_shard_bytes": shard_bytes // max(1, len(names)),
+               "seconds": round(time.perf_counter() - t0, 2)}
     assert metrics["samples"] + metrics["rejected"] == len(table["sample_id"])
     write_json(f"metrics/pack_{stage}.json", metrics)
     print(f"pack@{stage}: {metrics}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import tarfile
+from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +15,7 @@ from PIL import Image
 from llava_ov.artifacts import ArtifactWriter, digest_file
 from llava_ov.packing.lengths import pool_rows
 from llava_ov.packing.loader import IGNORE, PackedLoader
-from llava_ov.packing.materialize import write_packed_shards
+from llava_ov.packing.materialize import TAR_BLOCK, pack_bytes, packs_per_shard, write_packed_shards
 from llava_ov.packing.plan import first_fit_decreasing, plan_packs
 from llava_ov.text.template import ChatEncoder
 from llava_ov.text.tokenizer import train_bpe
@@ -88,6 +90,28 @@ def pack_artifact(tmp_path_factory):
         (w.dir / "shards.json").write_text(repr(names).replace("'", '"'))
         w.stats.update(capacity=128, plan_digest=digest_file(w.dir / "plan.parquet"))
     return w.artifact, enc, proc, packs
+
+
+def test_pack_bytes_predicts_a_packs_bytes_in_its_shard(pack_artifact):
+    """``pack.<stage>.shard_bytes`` sets the file count through this estimate, made before a pack is encoded."""
+    art = pack_artifact[0]
+    members = defaultdict(dict)
+    for shard in sorted((art.path / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                key, _, name = m.name.partition(".")
+                members[key][name] = tar.extractfile(m).read()
+    assert members
+    for files in members.values():
+        actual = sum(TAR_BLOCK + -(-len(data) // TAR_BLOCK) * TAR_BLOCK for data in files.values())
+        tokens = np.load(io.BytesIO(files["input_ids.npy"])).size
+        images = [data for name, data in files.items() if name.endswith(".png")]
+        assert abs(pack_bytes(tokens, images) - actual) <= TAR_BLOCK, (tokens, len(images), actual)
+
+
+def test_packs_per_shard_from_target_bytes():
+    assert packs_per_shard([1_000_000, 3_000_000], 2_000_000_000) == 1000
+    assert packs_per_shard([5_000], 1_000) == 1  # a pack larger than the target is a shard of its own
 
 
 def test_loader_batches_are_well_formed(pack_artifact):
