@@ -39,21 +39,21 @@ def check_remote(root: Path, name: str | None = None, write: bool = True) -> lis
         remotes = repo.config["remote"]
         name = name or repo.config["core"].get("remote")
         if not name:
-            raise RemoteProblem("no remote named and no default remote: add one with "
-                                "`dvc remote add -d NAME URL`, or name one of: " + (", ".join(remotes) or "(none)"))
+            raise RemoteProblem("no remote named and no default remote. Fix: `dvc remote add -d NAME URL`, or "
+                                "name one of: " + (", ".join(remotes) or "(none)"))
         if name not in remotes:
-            raise RemoteProblem(f"remote {name!r} is not configured; configured: {', '.join(remotes) or '(none)'}. "
-                                f"Add it with `dvc remote add {name} URL`")
+            raise RemoteProblem(f"remote {name!r} is not configured (configured: {', '.join(remotes) or 'none'}). "
+                                f"Fix: `dvc remote add {name} URL`, or name a configured one")
         url = remotes[name]["url"]
         scheme = url.split("://", 1)[0] if "://" in url else "local"
         if scheme not in ("s3", "local"):
-            raise RemoteProblem(f"remote {name!r} ({url}): llava-ov probes s3 and local remotes only; "
-                                f"`dvc status -c -r {name}` tries any remote")
+            raise RemoteProblem(f"remote {name!r} ({url}): llava-ov probes s3 and local remotes only. "
+                                f"Fix: try it with `dvc status -c -r {name}`, which any remote answers")
         try:
             remote = repo.cloud.get_remote(name)
         except (RemoteMissingDepsError, ImportError) as e:
-            raise RemoteProblem(f"remote {name!r} ({url}) needs DVC's {scheme} plugin, which is not installed: "
-                                f"`pip install -c requirements/constraints.txt -e '.[{scheme}]'`") from e
+            raise RemoteProblem(f"remote {name!r} ({url}) needs DVC's {scheme} plugin, which is not installed. "
+                                f"Fix: `pip install -c requirements/constraints.txt -e '.[{scheme}]'`") from e
         if scheme == "local":
             return _check_local(name, Path(remote.path), write)
         return _check_s3(name, url, remote.path, remote.fs.fs_args, write)
@@ -62,14 +62,14 @@ def check_remote(root: Path, name: str | None = None, write: bool = True) -> lis
 def _check_local(name: str, path: Path, write: bool) -> list[str]:
     if path.is_dir():
         if write and not os.access(path, os.W_OK):
-            raise RemoteProblem(f"remote {name!r}: folder {path} is not writable: pull works, push will not. "
-                                f"Fix its permissions or `dvc remote modify --local {name} url OTHER_FOLDER`")
+            raise RemoteProblem(f"remote {name!r}: folder {path} is not writable, so pull works but push will not. "
+                                f"Fix: its permissions, or `dvc remote modify --local {name} url OTHER_FOLDER`")
         return [f"remote {name!r}: local folder {path}", "  read: ok",
                 "  write: ok" if write else "  write: not checked"]
     parent = next((p for p in path.parents if p.exists()), None)
-    if parent is None or not os.access(parent, os.W_OK):
-        raise RemoteProblem(f"remote {name!r}: folder {path} does not exist and cannot be created: "
-                            f"`dvc remote modify --local {name} url FOLDER` to point it elsewhere")
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise RemoteProblem(f"remote {name!r}: folder {path} does not exist and cannot be created. "
+                            f"Fix: `dvc remote modify --local {name} url FOLDER`")
     return [f"remote {name!r}: local folder {path}", "  does not exist yet: the first `dvc push` creates it"]
 
 

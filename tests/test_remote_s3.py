@@ -121,12 +121,17 @@ def test_interrupted_push_resumes_without_resending(pushed, smoke_project):
     assert json.loads(status) == {}, status
 
 
-def cached_outputs(clone: Path) -> set[str]:
-    """DVC-cached outputs (not the git-tracked metrics) that exist in ``clone``."""
+def dvc_cached_outputs(clone: Path) -> set[str]:
+    """Every output that DVC caches, i.e. every output in dvc.lock but the `cache: false` ones git tracks."""
     lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
-    tracked = set(git(clone, "ls-files").splitlines())
+    tracked = git(clone, "ls-files").splitlines()
     outs = {o["path"] for stage in lock.values() for o in stage.get("outs", [])}
-    return {p for p in outs if p not in tracked and (clone / p).exists()}
+    return {p for p in outs if not any(t == p or t.startswith(p + "/") for t in tracked)}
+
+
+def pulled(clone: Path) -> set[str]:
+    """The DVC-cached outputs present in ``clone``."""
+    return {p for p in dvc_cached_outputs(clone) if (clone / p).exists()}
 
 
 @pytest.mark.e2e
@@ -140,12 +145,12 @@ def test_fresh_clone_pulls_by_stage_then_everything(pushed, smoke_project, s3, a
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     assert s3.key not in (clone / ".dvc" / "config").read_text()
-    assert cached_outputs(clone) == set()
+    assert pulled(clone) == set()
 
     timed(["dvc", "pull", "stage0"], clone)
-    assert cached_outputs(clone) == {"artifacts/stage0"}
+    assert pulled(clone) == {"artifacts/stage0"}
     timed(["dvc", "pull", "pack@stage2"], clone)
-    assert cached_outputs(clone) == {"artifacts/stage0", "artifacts/pack_stage2"}
+    assert pulled(clone) == {"artifacts/stage0", "artifacts/pack_stage2"}
 
     prefix = pushed["prefix"] + "files/md5/"
     assert interrupt(["dvc", "pull", "-j", "1"], clone, s3, "GET", prefix), \
@@ -158,9 +163,7 @@ def test_fresh_clone_pulls_by_stage_then_everything(pushed, smoke_project, s3, a
     assert fetched, "the rerun fetched nothing, so the interrupted pull had not been interrupted"
     assert not have & fetched, f"the rerun fetched again what was already in the cache: {sorted(have & fetched)}"
 
-    lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
-    tracked = set(git(clone, "ls-files").splitlines())
-    assert cached_outputs(clone) == {o["path"] for s in lock.values() for o in s.get("outs", [])} - tracked
+    assert pulled(clone) == dvc_cached_outputs(clone)
     assert json.loads(run(["dvc", "status", "--json"], clone).stdout) == {}
     assert stages_that_would_run(clone) == []
     assert "Running stage" not in run(["dvc", "repro"], clone).stdout
@@ -236,3 +239,17 @@ def test_read_only_credentials(scratch, s3, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     assert check(scratch, "--read-only").returncode == 0
     assert_one_clear_error(check(scratch), "team", "s3:PutObject", "push will not")
+
+
+def test_remote_check_local_folder(tmp_path):
+    root = tmp_path / "project"
+    root.mkdir()
+    git(root, "init", "-q")
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "remote", "add", "-d", "shared", "../remote"], root)
+    assert "does not exist yet" in check(root).stdout
+    (tmp_path / "remote").mkdir()
+    assert "write: ok" in check(root).stdout
+    (tmp_path / "a-file").write_text("in the way")
+    run(["dvc", "remote", "add", "elsewhere", str(tmp_path / "a-file" / "remote")], root)
+    assert_one_clear_error(check(root, "elsewhere"), "elsewhere", "cannot be created")
