@@ -117,6 +117,7 @@ def test_interrupted_push_resumes_without_resending(pushed, smoke_project):
     assert 0 < len(before) < len(after), (len(before), len(after))
     assert not before & sent, f"the rerun sent again what the killed push had finished: {sorted(before & sent)}"
     assert after == before | sent
+    print(f"push killed with {len(before)} of {len(after)} objects up; the rerun sent the other {len(sent)}")
     status = run(["dvc", "status", "-c", "-r", "s3test", "--json"], smoke_project).stdout
     assert json.loads(status) == {}, status
 
@@ -162,6 +163,7 @@ def test_fresh_clone_pulls_by_stage_then_everything(pushed, smoke_project, s3, a
     fetched = object_keys(s3, since, "GET", prefix)
     assert fetched, "the rerun fetched nothing, so the interrupted pull had not been interrupted"
     assert not have & fetched, f"the rerun fetched again what was already in the cache: {sorted(have & fetched)}"
+    print(f"pull killed with {len(have)} objects cached; the rerun fetched {len(fetched)}")
 
     assert pulled(clone) == dvc_cached_outputs(clone)
     assert json.loads(run(["dvc", "status", "--json"], clone).stdout) == {}
