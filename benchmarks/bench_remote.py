@@ -69,8 +69,9 @@ def _dvc(args: list[str], cwd: Path, env: dict) -> tuple[float, float]:
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(f"dvc {' '.join(args)} failed ({proc.returncode}); see {cwd / 'dvc.out'}")
+    if proc.returncode:  # the scratch folder is deleted on the way out: show the output here
+        raise RuntimeError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n"
+                           f"{(cwd / 'dvc.out').read_text(errors='replace')[-3000:]}")
     return seconds, usage.ru_maxrss * 1024 / MB  # Linux: ru_maxrss in KiB
 
 
