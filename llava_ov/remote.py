@@ -21,8 +21,7 @@ from typing import Any, Callable
 PROBE_NAME = ".llava-ov-remote-check"
 CONNECT_TIMEOUT_S = 5  # an unreachable endpoint answers in seconds, not after botocore's 60 s x retries
 # where botocore found the keys (Credentials.method), in the words of the fix
-CREDENTIAL_SOURCES = {"env": "AWS_ACCESS_KEY_ID in the environment",
-                      "explicit": "access_key_id in .dvc/config or .dvc/config.local",
+CREDENTIAL_SOURCES = {"env": "the environment", "explicit": ".dvc/config.local or .dvc/config",
                       "shared-credentials-file": "~/.aws/credentials", "config-file": "~/.aws/config"}
 
 

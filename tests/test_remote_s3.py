@@ -199,7 +199,7 @@ def test_remote_check_passes_and_push_works(scratch):
     proc = check(scratch)
     assert proc.returncode == 0, proc.stderr
     assert "remote 'team'" in proc.stdout and "read: ok" in proc.stdout and "write: ok" in proc.stdout
-    assert "AWS_ACCESS_KEY_ID in the environment" in proc.stdout
+    assert "(credentials: the environment)" in proc.stdout
     run(["dvc", "push"], scratch)
 
 
