@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import unquote
 
 import pytest
@@ -30,7 +31,7 @@ INTERRUPT_AFTER = 5  # finished transfers before the kill
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory) -> S3Server:
+def s3(tmp_path_factory) -> Iterator[S3Server]:
     try:
         server = start_s3_server(tmp_path_factory.mktemp("moto"), (BUCKET,))
     except ServerUnavailable as e:
@@ -40,7 +41,7 @@ def s3(tmp_path_factory) -> S3Server:
 
 
 @pytest.fixture(scope="module")
-def aws_env(s3, tmp_path_factory):
+def aws_env(s3, tmp_path_factory) -> Iterator[pytest.MonkeyPatch]:
     """The writer's keys exported as users do; the machine's own AWS files, profiles and endpoints kept out."""
     aws = tmp_path_factory.mktemp("aws")
     with pytest.MonkeyPatch.context() as mp:
