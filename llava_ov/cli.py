@@ -9,6 +9,7 @@ import click
 
 from llava_ov import params as params_mod
 from llava_ov import experiments
+from llava_ov import remote as remote_mod
 from llava_ov.plan import PEAK_FLOPS, compare_published, epochs_for_steps, format_table, stage_cost
 from llava_ov.plan_inputs import StageData, built_stage_data, model_shapes, training_setup
 from llava_ov.train.policy import STAGES
@@ -149,6 +150,24 @@ def compare(metrics: tuple[str, ...], params: tuple[str, ...], workspace: bool, 
     if metrics and not metric_keys:
         raise click.ClickException(f"no metric matches {list(metrics)}; keys look like 'balance:coverage_after'")
     click.echo(experiments.format_comparison(cols, experiments.changed_params(cols, params), metric_keys))
+
+
+@main.group()
+def remote() -> None:
+    """DVC remotes: diagnose what `dvc push`/`dvc pull` would hit."""
+
+
+@remote.command("check")
+@click.argument("name", required=False)
+@click.option("--read-only", is_flag=True, help="do not write and delete the probe object (pull-only credentials)")
+def remote_check(name: str | None, read_only: bool) -> None:
+    """Probe remote NAME (default: the default remote) as `dvc push` would: credentials, endpoint, bucket, read and
+    write. On failure prints one line naming the remote, the problem and the fix, and exits 1."""
+    try:
+        lines = remote_mod.check_remote(params_mod.project_root(), name, write=not read_only)
+    except remote_mod.RemoteProblem as e:
+        raise click.ClickException(str(e)) from e
+    click.echo("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -50,9 +50,10 @@ def measure(root: Path, ingest: Artifact, tokenizer: Artifact, image: dict, pool
 
 
 def make_packs(root: Path, ingest: Artifact, tokenizer: Artifact, lengths: Path, image: dict, capacity: int,
-               packs_per_shard: int, name: str = "pack", pools=("align",), group_samples: int = 100_000,
+               shard_bytes: int, name: str = "pack", pools=("align",), group_samples: int = 100_000,
                cache: Path | None = None) -> tuple[Artifact, PlanSummary]:
-    cfg = {"pools": list(pools), "capacity": capacity, "patch_capacity": 1 << 20, "packs_per_shard": packs_per_shard,
+    """A pack artifact; ``shard_bytes`` 1 puts every pack in a shard of its own."""
+    cfg = {"pools": list(pools), "capacity": capacity, "patch_capacity": 1 << 20, "shard_bytes": shard_bytes,
            "plan_group_samples": group_samples}
     with ArtifactWriter(root / name, "pack", 2) as w:
         summary = build_packs(w.dir, lengths, ingest.path, tokenizer.path, image, cfg, LOCAL,

@@ -83,12 +83,12 @@ def _samples() -> list[tuple[str, dict, list[bytes]]]:
 IMAGE = dict(min_pixels=56 * 56, max_pixels=84 * 84)
 
 
-def _built(root, tokenizer, per_shard=5, capacity=128, packs_per_shard=2, cache=None, name="pack"):
+def _built(root, tokenizer, per_shard=5, capacity=128, shard_bytes=1, cache=None, name="pack"):
     """ingest (12 samples over shards of ``per_shard``) -> lengths -> pack artifact, all by the pipeline's code."""
     ingest = write_ingest(root, _samples(), per_shard=per_shard)
     tok = write_tokenizer(root, tokenizer)
     lengths = measure(root, ingest, tok, IMAGE)
-    art, summary = make_packs(root, ingest, tok, lengths, IMAGE, capacity, packs_per_shard, name=name, cache=cache)
+    art, summary = make_packs(root, ingest, tok, lengths, IMAGE, capacity, shard_bytes, name=name, cache=cache)
     return art, summary, ChatEncoder(tokenizer), ImageProcessor(**IMAGE)
 
 
@@ -107,7 +107,28 @@ def test_plan_and_pack_index_agree_and_every_sample_is_packed_once(pack_artifact
     assert packs["samples"].to_pylist() == plan.group_by("pack").aggregate([("slot", "count")]).sort_by("pack")[
         "slot_count"].to_pylist()
     assert max(packs["tokens"].to_pylist()) <= 128
-    assert summary.out_shards == len(set(packs["shard"].to_pylist())) == -(-summary.packs // 2)
+    assert summary.out_shards == len(set(packs["shard"].to_pylist())) == summary.packs  # shard_bytes 1: one each
+
+
+def test_pack_bytes_predicts_a_packs_bytes_in_its_shard(pack_artifact):
+    """``pack.<stage>.shard_bytes`` sets the file count through this estimate, made from the plan before encoding."""
+    from llava_ov.packing.materialize import TAR_BLOCK, pack_bytes
+
+    art = pack_artifact[0]
+    packs = pq.read_table(art / "packs.parquet").sort_by("pack")
+    plan = pq.read_table(art / "plan.parquet").group_by("pack").aggregate(
+        [("total", "sum"), ("n_images", "sum"), ("image_bytes", "sum")]).sort_by("pack")
+    estimate = pack_bytes(*(plan[c].to_numpy() for c in ("total_sum", "n_images_sum", "image_bytes_sum")))
+    actual = packs["size"].to_numpy()
+    images = plan["n_images_sum"].to_numpy()
+    assert np.all(np.abs(estimate - actual) <= TAR_BLOCK // 2 * images + TAR_BLOCK), (estimate, actual)
+
+
+def test_packs_per_shard_from_target_bytes():
+    from llava_ov.packing.materialize import packs_per_shard
+
+    assert packs_per_shard(np.array([1_000_000, 3_000_000]), 2_000_000_000) == 1000
+    assert packs_per_shard(np.array([5_000]), 1_000) == 1  # a pack larger than the target is a shard of its own
 
 
 def test_loader_batches_are_well_formed(pack_artifact):
@@ -193,10 +214,10 @@ def test_adding_a_source_shard_rewrites_only_its_groups_packed_shards(tmp_path):
     from llava_ov.packing.build import build_packs
 
     tok = train_bpe(CORPUS, 300)
-    art, _, _, _ = _built(tmp_path / "a", tok, per_shard=2, capacity=100, packs_per_shard=1)
+    art, _, _, _ = _built(tmp_path / "a", tok, per_shard=2, capacity=100)
     lengths = pq.read_table(tmp_path / "a" / "lengths.parquet")
     assert len(set(lengths["shard"].to_pylist())) == 6
-    cfg = {"pools": ["align"], "capacity": 100, "patch_capacity": 1 << 20, "packs_per_shard": 1,
+    cfg = {"pools": ["align"], "capacity": 100, "patch_capacity": 1 << 20, "shard_bytes": 1,
            "plan_group_samples": 2}
     all_six = tmp_path / "six"
     all_six.mkdir()

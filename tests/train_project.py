@@ -88,7 +88,7 @@ def build(root: Path, **stage_overrides) -> Path:
     tok = write_tokenizer(scratch, tokenizer)
     lengths = measure(scratch, ingest, tok, IMAGE)
     for stage in ("stage1", "stage1_5", "stage2"):
-        make_packs(root / "artifacts", ingest, tok, lengths, IMAGE, CAPACITY, 100, name=f"pack_{stage}",
+        make_packs(root / "artifacts", ingest, tok, lengths, IMAGE, CAPACITY, 1 << 30, name=f"pack_{stage}",
                    cache=scratch / "cache" / "pack_shards")
     return root
 

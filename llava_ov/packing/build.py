@@ -28,7 +28,7 @@ from transformers import AutoTokenizer
 from llava_ov.artifacts import write_json, write_jsonl
 from llava_ov.engine import Engine
 from llava_ov.file_cache import FileCache
-from llava_ov.packing.materialize import ShardTask, encoding_digest, materialize_shard
+from llava_ov.packing.materialize import ShardTask, encoding_digest, materialize_shard, pack_bytes, packs_per_shard
 from llava_ov.packing.plan import plan_packs
 from llava_ov.text.template import ChatEncoder
 from llava_ov.vision.image_processing import ImageProcessor
@@ -36,7 +36,7 @@ from llava_ov.vision.image_processing import ImageProcessor
 PLAN_SCHEMA = pa.schema([("pack", pa.int64()), ("out_shard", pa.int64()), ("slot", pa.int32()),
                          ("sample_id", pa.string()), ("source", pa.string()), ("shard", pa.string()),
                          ("key", pa.string()), ("offset", pa.int64()), ("size", pa.int64()), ("total", pa.int32()),
-                         ("vit_patches", pa.int32())])
+                         ("vit_patches", pa.int32()), ("n_images", pa.int32()), ("image_bytes", pa.int64())])
 PACKS_SCHEMA = pa.schema([("pack", pa.int64()), ("shard", pa.string()), ("key", pa.string()),
                           ("offset", pa.int64()), ("size", pa.int64()), ("samples", pa.int32()),
                           ("tokens", pa.int32())])
@@ -75,9 +75,10 @@ class PlanSummary:
     groups: int = 0
     rejected: list[dict] = field(default_factory=list)
     rows_digest: str = ""
+    shard_bytes: int = 0  # bytes of the packed shards written
 
 
-def write_plan(lengths: Path, pools: list[str], capacity: int, patch_capacity: int, packs_per_shard: int,
+def write_plan(lengths: Path, pools: list[str], capacity: int, patch_capacity: int, shard_bytes: int,
                group_samples: int, out: Path) -> PlanSummary:
     """Plan every group of the pools' lengths rows and write ``out`` (``plan.parquet``, :data:`PLAN_SCHEMA`)."""
     pool_filter = [("pool", "in", list(pools))]
@@ -86,19 +87,20 @@ def write_plan(lengths: Path, pools: list[str], capacity: int, patch_capacity: i
     counts = dict(zip(names, per_shard.field("counts").to_pylist()))
     names = sorted(names)
     summary, digest = PlanSummary(candidates=sum(counts.values())), xxhash.xxh3_128()
-    columns = ["sample_id", "source", "shard", "key", "offset", "size", "total", "vit_patches"]
+    columns = ["sample_id", "source", "shard", "key", "offset", "size", "total", "vit_patches", "n_images",
+               "image_bytes"]
     with pq.ParquetWriter(out, PLAN_SCHEMA, compression="zstd") as writer:
         for group in plan_groups(names, [counts[n] for n in names], group_samples):
             shards = [names[i] for i in group]
             rows = pq.read_table(lengths, filters=pool_filter + [("shard", "in", shards)])  # file order = shard order
             digest.update(_ipc_bytes(rows.select(sorted(rows.column_names))))
-            _plan_group(rows.select(columns), capacity, patch_capacity, packs_per_shard, writer, summary)
+            _plan_group(rows.select(columns), capacity, patch_capacity, shard_bytes, writer, summary)
             summary.groups += 1
     summary.rows_digest = digest.hexdigest()
     return summary
 
 
-def _plan_group(rows: pa.Table, capacity: int, patch_capacity: int, packs_per_shard: int,
+def _plan_group(rows: pa.Table, capacity: int, patch_capacity: int, shard_bytes: int,
                 writer: pq.ParquetWriter, summary: PlanSummary) -> None:
     total, patches = rows["total"].to_numpy(), rows["vit_patches"].to_numpy()
     plan = plan_packs(total, capacity, patches, patch_capacity)
@@ -107,18 +109,22 @@ def _plan_group(rows: pa.Table, capacity: int, patch_capacity: int, packs_per_sh
                                  "source": rows["source"][int(i)].as_py(),
                                  "reason": f"{int(total[i])} tokens / {int(patches[i])} patches exceed the pack budget "
                                            f"({capacity} tokens / {patch_capacity} patches)"})
+    if not plan.n_packs:
+        return
+    per_pack = [plan.pack_sums(rows[c].to_numpy().astype(np.int64)) for c in ("total", "n_images", "image_bytes")]
+    per_shard = packs_per_shard(pack_bytes(*per_pack), shard_bytes)
     sizes = np.diff(plan.offsets)
     pack = np.repeat(np.arange(plan.n_packs), sizes)
     slot = np.arange(len(plan.members)) - np.repeat(plan.offsets[:-1], sizes)
     chosen = rows.take(pa.array(plan.members))
-    out_shard = summary.out_shards + pack // packs_per_shard
+    out_shard = summary.out_shards + pack // per_shard
     table = pa.table({"pack": summary.packs + pack, "out_shard": out_shard, "slot": slot.astype(np.int32),
                       **{name: chosen[name] for name in PLAN_SCHEMA.names[3:]}}, schema=PLAN_SCHEMA)
     writer.write_table(table)
     summary.samples += len(plan.members)
     summary.tokens += int(total[plan.members].sum())
     summary.packs += plan.n_packs
-    summary.out_shards += -(-plan.n_packs // packs_per_shard)
+    summary.out_shards += -(-plan.n_packs // per_shard)
 
 
 def _ipc_bytes(table: pa.Table) -> bytes:
@@ -170,6 +176,7 @@ def pack_metrics(summary: PlanSummary, capacity: int, seconds: float) -> dict:
                "gap": round((summary.packs - lower) / max(lower, 1), 5),
                "padding_compression": round(summary.samples / max(summary.packs, 1), 3),
                "rejected": len(summary.rejected), "shards": summary.out_shards, "plan_groups": summary.groups,
+               "mean_shard_bytes": summary.shard_bytes // max(summary.out_shards, 1),
                "seconds": round(seconds, 2)}
     if metrics["samples"] + metrics["rejected"] != summary.candidates:
         raise RuntimeError(f"pack accounting: {metrics['samples']} packed + {metrics['rejected']} rejected != "
@@ -184,7 +191,7 @@ def build_packs(out: Path, lengths: Path, ingest: Path, tokenizer: Path, image: 
     ``cfg`` is one ``pack.<stage>`` params entry; ``cache`` the packed-shard cache folder (shared by the stages).
     """
     plan = out / "plan.parquet"
-    summary = write_plan(lengths, cfg["pools"], cfg["capacity"], cfg["patch_capacity"], cfg["packs_per_shard"],
+    summary = write_plan(lengths, cfg["pools"], cfg["capacity"], cfg["patch_capacity"], cfg["shard_bytes"],
                          cfg["plan_group_samples"], plan)
     write_jsonl(out / "rejects.jsonl", summary.rejected)
     encoding = encoding_digest(ChatEncoder(AutoTokenizer.from_pretrained(tokenizer)), ImageProcessor(**image))
@@ -193,4 +200,5 @@ def build_packs(out: Path, lengths: Path, ingest: Path, tokenizer: Path, image: 
                        encoding) for k in range(summary.out_shards)]
     results = engine.map(materialize_shard, tasks, desc="packed shards")
     write_json(out / "shards.json", write_pack_index(results, plan, out / "shards", out / "packs.parquet"))
+    summary.shard_bytes = sum(p.stat().st_size for p in (out / "shards").glob("*.tar"))
     return summary

@@ -34,11 +34,12 @@ from llava_ov.text.template import ChatEncoder
 from llava_ov.vision.image_processing import ImageProcessor
 
 
-# `offset`/`size`: the sample's byte extent in its ingest shard, so packing seeks it without a scan
+# `offset`/`size`: the sample's byte extent in its ingest shard, so packing seeks it without a scan;
+# `n_images`/`image_bytes`: what its images add to a packed shard (shards are sized in bytes)
 SCHEMA = pa.schema([("sample_id", pa.string()), ("pool", pa.string()), ("source", pa.string()),
                     ("shard", pa.string()), ("key", pa.string()), ("offset", pa.int64()), ("size", pa.int64()),
-                    ("text_tokens", pa.int32()), ("image_tokens", pa.int32()), ("vit_patches", pa.int32()),
-                    ("total", pa.int32())])
+                    ("n_images", pa.int32()), ("image_bytes", pa.int64()), ("text_tokens", pa.int32()),
+                    ("image_tokens", pa.int32()), ("vit_patches", pa.int32()), ("total", pa.int32())])
 
 
 def encode_sample(encoder: ChatEncoder, processor: ImageProcessor, messages: list[dict],
@@ -89,7 +90,8 @@ def shard_lengths(job: ShardJob) -> str:
         meta = json.loads(raw.files["json"])
         images = sample_images(raw.files)
         row = {"sample_id": meta["id"], "pool": job.pool, "source": meta["source"], "shard": job.rel, "key": raw.key,
-               "offset": raw.offset, "size": raw.size, **sample_lengths(encoder, processor, meta["messages"], images)}
+               "offset": raw.offset, "size": raw.size, "n_images": len(images),
+               "image_bytes": sum(map(len, images)), **sample_lengths(encoder, processor, meta["messages"], images)}
         for name, value in row.items():
             columns[name].append(value)
     with job.cache.writing(job.digest) as tmp:

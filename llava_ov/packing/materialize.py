@@ -32,6 +32,31 @@ from llava_ov.text.template import ChatEncoder
 from llava_ov.vision.image_processing import ImageProcessor
 
 
+TAR_BLOCK = 512
+
+
+def pack_bytes(tokens: np.ndarray, n_images: np.ndarray, image_bytes: np.ndarray) -> np.ndarray:
+    """About the bytes each packed sample takes in its shard, known before encoding it (numpy, one value per pack):
+    its members (``json``, int32 ids and uint8 loss mask with their 128-byte .npy headers, the images as stored),
+    each with a tar header and, on average, half a block of padding. Sizing shards by this keeps the cache lookup
+    ahead of the (costly) encoding."""
+    def member(size: np.ndarray) -> np.ndarray:
+        return TAR_BLOCK + -(-size // TAR_BLOCK) * TAR_BLOCK
+    fixed = member(64 + 64 * n_images) + member(128 + 4 * tokens) + member(128 + tokens)
+    return fixed + image_bytes + n_images * (TAR_BLOCK + TAR_BLOCK // 2)
+
+
+def packs_per_shard(pack_sizes: np.ndarray, shard_bytes: int) -> int:
+    """Packs per shard for shards of about ``shard_bytes`` (``pack.<stage>.shard_bytes``), from the mean pack size.
+
+    A count, not a cut at the byte target: a shard's name stays a function of its members alone, and every shard
+    of a plan group but its last holds the same number of packs. The file count of an artifact is what DVC and
+    object stores pay for per file (README, "Sharing artifacts"); this is the knob that sets it.
+    """
+    mean = float(np.mean(pack_sizes)) if len(pack_sizes) else 1.0
+    return max(1, int(shard_bytes // mean))
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
