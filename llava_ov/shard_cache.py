@@ -3,13 +3,15 @@
 A shard-parallel stage keys each shard's result by everything that decides it: the shard's content digest, the
 digests of the other inputs the work reads (a tokenizer, an encoder), the params it uses and the digest of the code
 that computes it. A hit is read back instead of recomputed; anything else that changes gives a new key, so a stale
-result can never be served. Entries are written atomically (temporary name, then rename), so a killed worker
-leaves no half entry, and workers on other nodes can share the folder over a shared filesystem.
+result can never be served. Entries (files, or folders with ``suffix=""``) are written atomically (temporary name,
+then rename), so a killed worker leaves no half entry, and workers on other nodes can share the folder over a
+shared filesystem.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +45,19 @@ class ShardCache:
         os.close(fd)
         return Path(tmp)
 
+    def writer_dir(self) -> Path:
+        """A temporary folder to build a folder entry in (``suffix=""``); :meth:`commit` moves it into place."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-"))
+
     def commit(self, tmp: Path, shard_digest: str) -> Path:
         target = self.path(shard_digest)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (tmp.is_dir() and target.is_dir()):
+                raise
+            shutil.rmtree(tmp)  # another worker committed the same folder entry first: same key, same content
         return target
 
 
