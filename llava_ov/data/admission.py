@@ -21,6 +21,7 @@ INDEX_SCHEMA = pa.schema([("sample_id", pa.string()), ("pool", pa.string()), ("s
                           ("category", pa.string()), ("task", pa.string()), ("shard", pa.string()),
                           ("key", pa.string()), ("n_images", pa.int32()), ("width", pa.int32()),
                           ("height", pa.int32()), ("offset", pa.int64()), ("size", pa.int64())])
+PUSHED_DOWN = ("pool", "shard")  # the index columns readers filter on (llava_ov.data.reader)
 EVAL_IMAGE_IN_TRAINING = "eval image also in a training pool"
 EVAL_SAMPLE_IN_TRAINING = "eval sample also in a training pool"
 

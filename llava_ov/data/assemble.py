@@ -12,8 +12,8 @@ largest pool, during step 1:
    rejected, whatever else befell it (a duplicate of it is relabelled with the same reason). The training parts'
    arrays stream past the sorted eval set one part at a time.
 3. Streaming: per pool and part, its shards are hard-linked into the artifact (copied where links fail), its rows
-   appended to ``index.parquet`` (one row group each: readers push the pool/shard predicates down) and its
-   rejections to ``rejects.jsonl``. A part that 1 or 2 changed has the affected shards rewritten (rare).
+   appended to ``index.parquet`` (:class:`IndexWriter`) and its rejections to ``rejects.jsonl``. A part that 1 or
+   2 changed has the affected shards rewritten (rare).
 """
 
 from __future__ import annotations
@@ -30,14 +30,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from llava_ov.data.admission import (EVAL_IMAGE_IN_TRAINING, EVAL_SAMPLE_IN_TRAINING, INDEX_SCHEMA, derived_id,
-                                     duplicate, reason_kind)
+from llava_ov.data.admission import (EVAL_IMAGE_IN_TRAINING, EVAL_SAMPLE_IN_TRAINING, INDEX_SCHEMA, PUSHED_DOWN,
+                                     derived_id, duplicate, reason_kind)
 from llava_ov.data.parts import Part, reject_line
 from llava_ov.data.shards import ShardWriter, encode_meta, read_shard
 from llava_ov.data.sources import POOLS
 
 Fate = tuple[str | None, str]  # a kept row's new id (None: dropped) and, when dropped, the reason
 _EVAL = "eval"
+UNIQUE = ("sample_id", "key", "offset")  # a value per row: dictionary-encoding them only costs memory and time
 
 
 def _in_sorted(values: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -275,14 +276,50 @@ class Assembled:
     outcomes: list[dict[str, dict]]
 
 
+class IndexWriter:
+    """``index.parquet``, streamed: consecutive parts of one pool share a row group until it holds ``rows_per_group``
+    rows. Row groups never mix pools, and shards come in sorted order within a pool, so readers' pool and shard
+    predicates skip most of them; statistics are written only for those columns, since each statistic is a footer
+    entry per row group that every read parses. Memory: one row group's rows."""
+
+    def __init__(self, path: Path, rows_per_group: int = 1 << 16) -> None:
+        self._writer = pq.ParquetWriter(path, INDEX_SCHEMA, compression="zstd", write_statistics=list(PUSHED_DOWN),
+                                        use_dictionary=[n for n in INDEX_SCHEMA.names if n not in UNIQUE])
+        self._rows_per_group = rows_per_group
+        self._pending: list[pa.Table] = []
+        self._pool: str | None = None
+        self.rows = 0
+
+    def write(self, pool: str, table: pa.Table) -> None:
+        if pool != self._pool:
+            self.flush()
+            self._pool = pool
+        self._pending.append(table)
+        if sum(t.num_rows for t in self._pending) >= self._rows_per_group:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            table = pa.concat_tables(self._pending)
+            self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            self.rows += table.num_rows
+            self._pending = []
+
+    def __enter__(self) -> "IndexWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()
+        self._writer.close()
+
+
 def assemble(parts: list[Part], out: Path, dedupe: bool) -> Assembled:
     """Settle the pool-level steps and write ``index.parquet``, ``rejects.jsonl`` and the shards into ``out``."""
     fates, overlaps = settle(parts, dedupe)
     tally = Tally()
     outcomes: list[dict[str, dict]] = [{} for _ in parts]
-    n_rows = n_rejects = 0
-    with pq.ParquetWriter(out / "index.parquet", INDEX_SCHEMA, compression="zstd") as index, \
-            open(out / "rejects.jsonl", "wb") as rejects:
+    n_rejects = 0
+    with IndexWriter(out / "index.parquet") as index, open(out / "rejects.jsonl", "wb") as rejects:
         order = [(pool, i) for pool in POOLS for i in _holders(parts, pool)]
         for pool, i in tqdm(order, desc="ingest: assemble", unit="part", mininterval=1.0):
             part, summary = parts[i], parts[i].pools[pool]
@@ -294,11 +331,10 @@ def assemble(parts: list[Part], out: Path, dedupe: bool) -> Assembled:
                 for shard in summary["shards"]:
                     link_or_copy(part.folder / shard, out / shard)
                 table, shards, lines = table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA), summary["shards"], []
-            index.write_table(table)
-            n_rows += table.num_rows
+            index.write(pool, table)
             n_rejects += _copy_rejects(part, pool, overlaps, rejects, tally)
             rejects.writelines(lines)
             n_rejects += len(lines)
             outcomes[i][pool] = {"kept": table.num_rows, "rejected": summary["rejected"] + len(lines),
                                  "shards": shards}
-    return Assembled(tally.metrics(n_rows, n_rejects), outcomes)
+    return Assembled(tally.metrics(index.rows, n_rejects), outcomes)
