@@ -9,10 +9,10 @@ import click
 
 from llava_ov import params as params_mod
 from llava_ov import experiments
-from llava_ov.artifacts import digest_dir
 from llava_ov.plan import PEAK_FLOPS, compare_published, epochs_for_steps, format_table, stage_cost
 from llava_ov.plan_inputs import StageData, built_stage_data, model_shapes, training_setup
 from llava_ov.train.policy import STAGES
+from llava_ov.verify import verify as verify_artifacts
 
 
 @click.group()
@@ -31,18 +31,20 @@ def profile(name: str) -> None:
     click.echo(f"params.yaml now holds profile {name!r}; run `dvc status` to see what it invalidates")
 
 
-@main.command()
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def verify(path: Path) -> None:
-    """Recompute an artifact's digest and compare it with its artifact.json."""
-    meta_path = path / "artifact.json"
-    if not meta_path.exists():
-        raise click.ClickException(f"{path} has no artifact.json")
-    meta = json.loads(meta_path.read_text())
-    actual = digest_dir(path)
-    if actual != meta.get("digest"):
-        raise click.ClickException(f"{path}: digest {actual} != recorded {meta.get('digest')}")
-    click.echo(f"{path}: {meta['kind']} schema {meta['schema']} digest {actual} OK")
+@main.command("verify")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--digests", is_flag=True, help="also recompute every content digest (reads every byte)")
+@click.option("--clean", is_flag=True, help="remove the leftovers whose writer is not running")
+def verify_cmd(paths: tuple[Path, ...], digests: bool, clean: bool) -> None:
+    """Check artifacts and list what killed stages left beside them (.tmp-*, .old-* folders).
+
+    PATHS are artifact folders or folders of artifacts [default: artifacts/]. Exits 1 if anything is wrong.
+    """
+    report = verify_artifacts(list(paths) or [params_mod.project_root() / "artifacts"], digests, clean)
+    for line in report.ok + report.removed + report.problems:
+        click.echo(line)
+    if report.problems:
+        raise SystemExit(1)
 
 
 @main.command()

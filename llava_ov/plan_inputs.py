@@ -80,7 +80,7 @@ def built_stage_data(root: Path, params: dict, stage: str) -> StageData | None:
 
     from llava_ov.artifacts import open_artifact
 
-    pack, lengths = open_artifact(pack_dir, "pack", 1), open_artifact(lengths_dir, "lengths", 1)
+    pack, lengths = open_artifact(pack_dir, "pack", 2), open_artifact(lengths_dir, "lengths", 2)
     plan = pq.read_table(pack / "plan.parquet", columns=["pack", "sample_id"])
     table = pq.read_table(lengths / "lengths.parquet", columns=["sample_id", "text_tokens", "image_tokens"])
     table = table.filter(pc.is_in(table["sample_id"], plan["sample_id"]))

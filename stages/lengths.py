@@ -13,7 +13,7 @@ from llava_ov.engine import Engine
 from llava_ov.packing.lengths import shard_jobs, shard_lengths, write_lengths
 from llava_ov.params import load_params
 
-KIND, SCHEMA = "lengths", 1
+KIND, SCHEMA = "lengths", 2
 BALANCED_POOL = "mid"  # the pool concept balancing selects from
 
 

@@ -3,7 +3,12 @@
 import numpy as np
 
 from llava_ov.concepts.balance import coverage, inverse_frequency, metaclip_threshold, uniform
+from llava_ov.artifacts import open_artifact
+from llava_ov.concepts.encoder import ImageTextEncoder
 from llava_ov.concepts.index import streaming_topk
+from llava_ov.concepts.pool_index import index_pool
+from llava_ov.data.reader import open_ingest
+from llava_ov.file_cache import FileCache
 from llava_ov.concepts.vocabulary import caption_concepts, wordnet_nouns
 
 
@@ -70,3 +75,57 @@ def test_vocabulary_and_caption_concepts():
 def test_empty_selection_has_zero_coverage():
     topk = np.zeros((3, 2), dtype=np.int64)
     assert coverage(topk, np.zeros(3, bool), 10) == 0.0
+
+
+def _concept_project(root):
+    """A project copy holding a small ``ingest`` (rendered charts in ``mid``) and a random-weight concept encoder."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    from llava_ov.artifacts import ArtifactWriter
+    from llava_ov.data.ingest import build_embedded
+    from llava_ov.text.tokenizer import train_bpe
+    from tests.project import copy_project
+
+    root = copy_project(root)
+    with ArtifactWriter(root / "artifacts/ingest", "ingest", 1) as w:
+        build_embedded({"sources": {"chart": {"mid": 6}}}, 0, w.dir)
+    tok = train_bpe(["a bar chart with bars"] * 10, 300)
+    torch.manual_seed(0)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    config = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
+                                         eos_token_id=eos, bos_token_id=eos, pad_token_id=tok.pad_token_id),
+                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, image_size=28, patch_size=14), projection_dim=32)
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    concepts = _unit(np.random.default_rng(0), 20, 32).astype(np.float16)
+    with ArtifactWriter(root / "artifacts/concept_encoder", "concept_encoder", 1) as w:
+        ImageTextEncoder(CLIPModel(config), tok, processor, 16).save(w.dir / "encoder")
+        np.save(w.dir / "concept_embeddings.npy", concepts)
+        w.stats["recall_at_5"] = 0.0
+    return root
+
+
+def test_concept_index_cache_misses_when_the_preprocessing_code_changes(tmp_path):
+    """The per-shard cache is keyed by the encoder's weights *and* the code that turns an image into its
+    embedding (here the image loading in llava_ov/vision): a changed preprocessing must re-embed the shard."""
+    from tests.project import run
+
+    root = _concept_project(tmp_path / "project")
+    run(["python", "-m", "stages.concept_index"], root)
+    before = np.load(root / "artifacts/concept_index/image_embeddings.npy")
+    enc_art = open_artifact(root / "artifacts/concept_encoder", "concept_encoder", 1)
+    again = index_pool(open_ingest(root / "artifacts/ingest"), "mid", ImageTextEncoder.load(enc_art / "encoder"),
+                       enc_art.digest, np.load(enc_art / "concept_embeddings.npy"), 5,
+                       FileCache(root / "cache/concept_index", ".npz"))
+    assert again.reused == 1 and np.array_equal(again.embeddings, before)  # unchanged code: read back
+    path = root / "llava_ov/vision/image_processing.py"
+    old = '    return image.convert("RGB")\n'
+    assert old in path.read_text(), "to_rgb changed: update the test"
+    path.write_text(path.read_text().replace(old, '    return image.convert("L").convert("RGB")\n'))
+    run(["python", "-m", "stages.concept_index"], root)
+    after = np.load(root / "artifacts/concept_index/image_embeddings.npy")
+    assert before.shape == after.shape == (6, 32)
+    assert not np.array_equal(before, after), "the cache served embeddings of the old preprocessing"

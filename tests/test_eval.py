@@ -15,7 +15,7 @@ from llava_ov.eval.cache import ResultCache
 from llava_ov.eval.checkpoint import load_checkpoint
 from llava_ov.eval.runner import category_metrics, evaluate, split_tasks
 from llava_ov.eval.scoring import Prompt, Scorer
-from llava_ov.eval.tasks import Task, build_task, load_spec
+from llava_ov.eval.tasks import SPEC_DIR, Task, build_task, load_spec
 from llava_ov.model import LlavaOV15ForConditionalGeneration
 from llava_ov.model.presets import build_config
 from llava_ov.text.tokenizer import special_ids, train_bpe
@@ -267,3 +267,46 @@ def test_report_builds_sections_from_whatever_is_built(tmp_path):
     assert "| higher | NO |" in (out / "report.md").read_text()
     with pytest.raises(ValueError, match=r"report.expect.stage2.better is 'up': use lower or higher"):
         build_report(root, out, ["stage0", "stage2"], [], [], [], {"stage2": {**worse["stage2"], "better": "up"}})
+
+
+
+# An edit to code that decides a score, in a module no hand-written list names: answer normalisation, and the
+# system prompt in front of every prompt.
+SCORE_EDITS = [("llava_ov/eval/tasks.py", '"lower": str.lower,', '"lower": str.upper,'),
+               ("llava_ov/text/tokenizer.py", 'SYSTEM_PROMPT = "You are a helpful assistant."',
+                'SYSTEM_PROMPT = "You are a careful assistant."')]
+_DIGESTS_AFTER_EDITS = """
+import sys
+from pathlib import Path
+from llava_ov.eval import runner
+print(runner.code_digest())
+for rel, old, new in zip(*[iter(sys.argv[1:])] * 3):
+    path = Path(rel)
+    assert old in path.read_text(), f"{rel} no longer holds {old!r}: update the test"
+    path.write_text(path.read_text().replace(old, new))
+    print(runner.code_digest())
+"""
+
+
+def test_cache_key_covers_every_module_the_evaluator_runs(tmp_path):
+    """The evaluator's cache key is derived from the modules it imports, so an edit to any of them misses the
+    cache (the stage reruns because dvc.yaml lists the module; the cache must not hand it the old scores)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.project import REPO, env
+
+    shutil.copytree(REPO / "llava_ov", tmp_path / "llava_ov", ignore=shutil.ignore_patterns("__pycache__"))
+    args = [x for edit in SCORE_EDITS for x in edit]
+    out = subprocess.run([sys.executable, "-c", _DIGESTS_AFTER_EDITS, *args], cwd=tmp_path, check=True,
+                         env=env() | {"PYTHONPATH": str(tmp_path)}, capture_output=True, text=True).stdout.split()
+    assert len(out) == 3 and len(set(out)) == 3, f"code digests before and after each edit: {out}"
+
+
+def test_task_specs_are_read_as_yaml_1_2(tmp_path):
+    """Specs are read with the loader DVC uses for params (YAML 1.2): `no` is a string, not `false`."""
+    spec = load_spec("easyvqa")
+    text = (SPEC_DIR / "easyvqa.yaml").read_text().replace("select: {task: easyvqa}", "select: {task: [no]}")
+    (tmp_path / "easyvqa.yaml").write_text(text)
+    assert load_spec("easyvqa", tmp_path) == dict(spec, select={"task": ["no"]})

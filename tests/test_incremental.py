@@ -19,14 +19,15 @@ without running anything. The ``downstream`` column is that upper bound.
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import pytest
-import yaml
 from ruamel.yaml import YAML
 
+from llava_ov.code_digest import import_closure
+from llava_ov.params import read_yaml
 from tests.project import copy_project, git, run, stages_that_would_run
-from tests.stage_imports import covered, import_closure, stage_module
 
 PACKS = ["pack@stage1", "pack@stage1_5", "pack@stage2"]
 TRAINS = ["train@stage1", "train@stage1_5", "train@stage2"]
@@ -61,6 +62,8 @@ PARAM_CHANGES = [
     ("balance.target", 3000, ["balance"]),
     ("train.common.micro_batch", 4, TRAINS),
     ("train.common.warmup_fraction", 0.1, TRAINS),
+    ("train.common.dtype", "bf16", TRAINS),
+    ("train.nnodes.stage1_5", 2, ["train@stage1_5"]),
     ("train.stage1.lr", 0.002, ["train@stage1"]),
     ("train.stage1_5.steps", 61, ["train@stage1_5"]),
     ("train.stage2.lr", 0.0001, ["train@stage2"]),
@@ -79,7 +82,11 @@ FILE_CHANGES = [
     ("llava_ov/packing/plan.py", PACKS),
     ("llava_ov/packing/loader.py", TRAINS),
     ("llava_ov/megatron/compat.py", TRAINS),
+    ("llava_ov/train/launch.py", TRAINS),
     ("llava_ov/data/sources/emoji.py", ["ingest"]),
+    ("llava_ov/data/prompts.py", ["ingest", *EVALS]),  # the sources write them, the eval specs read them
+    ("llava_ov/code_digest.py", [*PACKS, "concept_index", *EVALS]),  # the stages whose caches it keys
+    ("llava_ov/optim.py", ["vit_base", "llm_base", "concept_encoder", "concept_index"]),
     ("llava_ov/text/template.py", ["tokenizer", "lengths", *PACKS, "llm_base", *EVALS]),
     ("llava_ov/model/rice_vit.py", ["vit_base", "llm_base", "stage0", *TRAINS, *EVALS]),
     ("llava_ov/__init__.py", ALL),  # holds the version every artifact.json records
@@ -221,13 +228,26 @@ def test_downstream_upper_bound(placeholder_graph, change, expected):
 def test_every_stage_is_covered_by_the_table():
     """Each stage appears in some row, so a stage added to dvc.yaml without a row here is noticed."""
     lock_names = set(ALL)
-    graph = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    graph = read_yaml(Path(__file__).resolve().parents[1] / "dvc.yaml")["stages"]
     declared = set()
     for name, stage in graph.items():
         declared |= {f"{name}@{item}" for item in stage["foreach"]} if "foreach" in stage else {name}
     assert declared == lock_names
     rows = [e for *_, e in PARAM_CHANGES] + [e for _, e in FILE_CHANGES]
     assert set().union(*map(set, rows)) == lock_names
+
+
+def stage_module(cmd: str) -> str:
+    """The module a stage command runs: ``python -m stages.pack x`` and ``torchrun ... -m stages.train x``."""
+    match = re.search(r"(?:^|\s)-m\s+(stages\.\w+)", cmd)
+    if not match:
+        raise ValueError(f"stage command {cmd!r} does not run a `-m stages.<name>` module")
+    return match.group(1)
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    """Whether a declared dep (the file itself or a folder holding it) covers ``path``."""
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
 
 
 def _resolved_stages(root: Path) -> list[tuple[str, str, list[str]]]:
@@ -243,7 +263,7 @@ def test_declared_code_deps_match_imports(placeholder_graph):
     every declared code dep is imported (or, for a folder, holds data files such as the eval task specs).
 
     A missing dep is a correctness bug (edit the module and DVC keeps the stale artifact); a needless one reruns
-    a stage for nothing. See tests/stage_imports.py for what counts as an import."""
+    a stage for nothing. See llava_ov/code_digest.py for what counts as an import."""
     root = placeholder_graph
     problems = []
     for name, cmd, deps in _resolved_stages(root):

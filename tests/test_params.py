@@ -3,9 +3,8 @@
 import shutil
 
 import pytest
-import yaml
 
-from llava_ov.params import apply_profile, available_profiles, deep_merge, load_params
+from llava_ov.params import apply_profile, available_profiles, load_params, read_yaml
 from tests.project import REPO
 
 
@@ -14,6 +13,14 @@ def project(tmp_path):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     shutil.copytree(REPO / "profiles", tmp_path / "profiles")
     return tmp_path
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """``base`` with ``overlay`` merged in recursively (mappings merge, anything else replaces)."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _keys(d, prefix=""):
@@ -30,16 +37,16 @@ def test_every_profile_switches_and_back(project):
     for name in ["smoke", "4b", "8b", "smoke"]:
         params = apply_profile(name, project)
         assert params["profile"] == name
-        overlay = yaml.safe_load((project / "profiles" / f"{name}.yaml").read_text())
+        overlay = read_yaml(project / "profiles" / f"{name}.yaml")
         assert deep_merge(params, overlay) == params  # every overlay key is in force
     apply_profile("tiny", project)
     assert (project / "params.yaml").read_text() == original  # byte for byte: comments and order survive
 
 
 def test_tiny_overlay_covers_every_overridden_key(project):
-    tiny = set(_keys(yaml.safe_load((project / "profiles" / "tiny.yaml").read_text())))
+    tiny = set(_keys(read_yaml(project / "profiles" / "tiny.yaml")))
     for name in available_profiles(project):
-        overlay = yaml.safe_load((project / "profiles" / f"{name}.yaml").read_text()) or {}
+        overlay = read_yaml(project / "profiles" / f"{name}.yaml")
         missing = {k for k in _keys(overlay)
                    if not any(k == t or k.startswith(t + ".") for t in tiny)}
         assert not missing, f"profiles/{name}.yaml overrides {sorted(missing)} which profiles/tiny.yaml lacks"
@@ -47,10 +54,21 @@ def test_tiny_overlay_covers_every_overridden_key(project):
 
 def test_params_yaml_is_the_tiny_profile(project):
     params = load_params(project)
-    tiny = yaml.safe_load((project / "profiles" / "tiny.yaml").read_text())
+    tiny = read_yaml(project / "profiles" / "tiny.yaml")
     assert deep_merge(params, tiny) == params, "params.yaml on main must hold the tiny (default) profile"
 
 
 def test_unknown_profile_is_a_clear_error(project):
     with pytest.raises(ValueError, match="unknown profile 'huge'"):
         apply_profile("huge", project)
+
+
+def test_profiles_are_read_as_yaml_1_2_like_dvc(project):
+    """DVC reads params.yaml as YAML 1.2, where `1e-5` is a float and `yes` a string. An overlay read as YAML
+    1.1 (PyYAML) would write `lr: '1e-5'`, a string the trainer cannot use, and `yes` would become `true`."""
+    (project / "profiles" / "exotic.yaml").write_text(
+        "profile: exotic\ntrain:\n  stage2: {lr: 1e-5}\nreport:\n  expect:\n    stage2: {better: yes}\n")
+    params = apply_profile("exotic", project)
+    assert params["train"]["stage2"]["lr"] == 1e-5
+    assert params["report"]["expect"]["stage2"]["better"] == "yes"
+    assert "lr: 1e-05" in (project / "params.yaml").read_text()

@@ -1,19 +1,10 @@
-"""The driver's half of ``ingest``: settle what needs a whole pool, then stream the parts into the artifact.
+"""The driver's half of ``ingest``: run the part tasks, settle the pool-level steps (:mod:`llava_ov.data.settle`),
+stream the parts into the artifact.
 
-Parts (:mod:`llava_ov.data.parts`) come in sorted order (released: pools in ``POOLS`` order, files by path;
-embedded: sources by name), which is what "earlier" means below. The driver keeps counters and uint64 arrays, never
-a Python object per sample (except for the eval pool, which is small); its peak is about 8 bytes per sample of the
-largest pool, during step 1:
-
-1. Duplicates across parts: a sample kept under its content id although that content came in an earlier part of
-   its pool is dropped (``ingest.dedupe``) or takes its :func:`~llava_ov.data.admission.derived_id`. One sort of
-   the pool's content ids finds the repeated ones; only their rows are looked at.
-2. Eval vs training: an eval sample sharing an image digest or its content id with a kept training sample is
-   rejected, whatever else befell it (a duplicate of it is relabelled with the same reason). The training parts'
-   arrays stream past the sorted eval set one part at a time.
-3. Streaming: per pool and part, its shards are hard-linked into the artifact (copied where links fail), its rows
-   appended to ``index.parquet`` (:class:`IndexWriter`) and its rejections to ``rejects.jsonl``. A part that 1 or
-   2 changed has the affected shards rewritten (rare).
+Per pool and part, in sorted order, its shards are hard-linked into the artifact (copied where links fail), its
+rows appended to ``index.parquet`` (:class:`IndexWriter`) and its rejections to ``rejects.jsonl``; a part whose
+rows the pool-level steps changed has the affected shards rewritten (rare). The driver holds counters, one row
+group's rows and the settle step's arrays, never a Python object per sample.
 """
 
 from __future__ import annotations
@@ -21,124 +12,49 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from llava_ov.data.admission import (EVAL_IMAGE_IN_TRAINING, EVAL_SAMPLE_IN_TRAINING, INDEX_SCHEMA, PUSHED_DOWN,
-                                     derived_id, duplicate, reason_kind)
+from llava_ov.data.admission import INDEX_SCHEMA, PUSHED_DOWN, duplicate, reason_kind
 from llava_ov.data.parts import Part, reject_line
+from llava_ov.data.settle import EVAL, Fate, hex_id, holders, settle
 from llava_ov.data.shards import ShardWriter, encode_meta, read_shard
 from llava_ov.data.sources import POOLS
+from llava_ov.engine import Engine
 
-Fate = tuple[str | None, str]  # a kept row's new id (None: dropped) and, when dropped, the reason
-_EVAL = "eval"
+LOCAL = Engine(executor="local")  # library calls run in-process unless given an engine: only stages start Ray
+J = TypeVar("J")
 UNIQUE = ("sample_id", "key", "offset")  # a value per row: dictionary-encoding them only costs memory and time
 
 
-def _in_sorted(values: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Which ``values`` are in the sorted array ``table`` (memory O(len(values)))."""
-    if not len(table):
-        return np.zeros(len(values), dtype=bool)
-    at = np.minimum(np.searchsorted(table, values), len(table) - 1)
-    return table[at] == values
+def map_largest_first(engine: Engine, fn: Callable[[J], Any], jobs: Sequence[J], costs: Sequence[float],
+                      desc: str) -> list:
+    """``engine.map(fn, jobs)`` with the costliest jobs started first (a large one started last would run alone at
+    the end), results in the order of ``jobs``."""
+    order = sorted(range(len(jobs)), key=lambda i: (-costs[i], i))
+    results: list = [None] * len(jobs)
+    for i, result in zip(order, engine.map(fn, [jobs[i] for i in order], desc=desc)):
+        results[i] = result
+    return results
 
 
-def _hex(value: int) -> str:
-    return f"{value:016x}"
-
-
-def _holders(parts: list[Part], pool: str) -> list[int]:
-    return [i for i, part in enumerate(parts) if pool in part.pools]
-
-
-def _repeated_content(parts: list[Part], holders: list[int], pool: str) -> np.ndarray:
-    """Sorted content ids kept under their own id by more than one part: 8 bytes per sample, one sort."""
-    ids = np.empty(sum(parts[i].pools[pool]["kept"] for i in holders), dtype=np.uint64)
-    n = 0
-    for i in holders:
-        a = parts[i].arrays(pool)
-        own = a["content"][a["ids"] == a["content"]]
-        ids[n:n + len(own)] = own
-        n += len(own)
-    ids = ids[:n]
-    ids.sort()
-    return np.unique(ids[1:][ids[1:] == ids[:-1]])
-
-
-def cross_part_duplicates(parts: list[Part], pool: str, dedupe: bool) -> dict[int, dict[int, Fate]]:
-    """Step 1 for one pool: part index -> row -> fate of each sample whose content came in an earlier part."""
-    holders = _holders(parts, pool)
-    repeated = _repeated_content(parts, holders, pool) if len(holders) > 1 else np.zeros(0, np.uint64)
-    fates: dict[int, dict[int, Fate]] = {}
-    seen: set[int] = set()
-    for i in holders if len(repeated) else []:
-        a = parts[i].arrays(pool)
-        rows = np.flatnonzero((a["ids"] == a["content"]) & _in_sorted(a["content"], repeated))
-        later = [r for r in rows.tolist() if int(a["content"][r]) in seen]
-        seen.update(a["content"][rows].tolist())
-        if later:
-            origins = parts[i].table(pool).column("origin")
-            fates[i] = {r: (None, duplicate(pool)) if dedupe else
-                        (derived_id(_hex(int(a["content"][r])), parts[i].summary["file"], origins[r].as_py()), "")
-                        for r in later}
-    return fates
-
-
-def _final_ids(a: dict[str, np.ndarray], fates: dict[int, Fate]) -> np.ndarray:
-    """The ids a part's rows end up with after ``fates`` (dropped rows left out)."""
-    if not fates:
-        return a["ids"]
-    ids, keep = a["ids"].copy(), np.ones(len(a["ids"]), dtype=bool)
-    for r, (new, _) in fates.items():
-        if new is None:
-            keep[r] = False
-        else:
-            ids[r] = int(new, 16)
-    return ids[keep]
-
-
-def eval_overlaps(parts: list[Part], fates: dict[tuple[int, str], dict[int, Fate]]) -> dict[int, str]:
-    """Step 2: eval content id -> the reason it must go, for every eval sample overlapping a training pool."""
-    evals = [(i, parts[i].arrays(_EVAL), parts[i].table(_EVAL).column("n_images").to_numpy())
-             for i in _holders(parts, _EVAL)]
-    if not evals:
-        return {}
-    eval_images = np.unique(np.concatenate([a["images"] for _, a, _ in evals]))
-    eval_ids = np.unique(np.concatenate([a["content"] for _, a, _ in evals]))
-    hit_images: set[int] = set()
-    hit_ids: set[int] = set()
-    training = [(i, pool) for pool in POOLS if pool != _EVAL for i in _holders(parts, pool)]
-    for i, pool in tqdm(training, desc="ingest: eval vs training", unit="part", mininterval=1.0):
-        a = parts[i].arrays(pool)
-        hit_images.update(a["images"][_in_sorted(a["images"], eval_images)].tolist())
-        ids = _final_ids(a, fates.get((i, pool), {}))
-        hit_ids.update(ids[_in_sorted(ids, eval_ids)].tolist())
-    reasons: dict[int, str] = {}
-    for _, a, n_images in evals:  # the eval pool is small: per-sample Python is fine here
-        for content, images in zip(a["content"].tolist(), np.split(a["images"], np.cumsum(n_images)[:-1])):
-            if hit_images.intersection(images.tolist()):
-                reasons[content] = EVAL_IMAGE_IN_TRAINING
-            elif content in hit_ids:
-                reasons.setdefault(content, EVAL_SAMPLE_IN_TRAINING)
-    return reasons
-
-
-def settle(parts: list[Part], dedupe: bool) -> tuple[dict[tuple[int, str], dict[int, Fate]], dict[int, str]]:
-    """Steps 1 and 2: (part index, pool) -> row -> fate, and the eval overlap reasons by content id."""
-    fates = {(i, pool): rows for pool in POOLS for i, rows in cross_part_duplicates(parts, pool, dedupe).items()}
-    overlaps = eval_overlaps(parts, fates)
-    for i in _holders(parts, _EVAL) if overlaps else []:
-        content = parts[i].arrays(_EVAL)["content"].tolist()
-        rows = {r: (None, overlaps[c]) for r, c in enumerate(content) if c in overlaps}
-        if rows:
-            fates[(i, _EVAL)] = {**fates.get((i, _EVAL), {}), **rows}
-    return fates, overlaps
+@contextmanager
+def cache_or_scratch(cache: Path | None, out: Path) -> Iterator[Path]:
+    """``cache`` (kept across runs), or a scratch folder beside ``out``, removed afterwards: on the same
+    filesystem, so parts hard-link into the artifact, and shared with the workers wherever ``out`` is."""
+    if cache is not None:
+        yield Path(cache).resolve()
+        return
+    with tempfile.TemporaryDirectory(dir=Path(out).parent, prefix=".parts-") as scratch:
+        yield Path(scratch).resolve()
 
 
 @dataclass
@@ -228,7 +144,7 @@ def _changed_rows(part: Part, pool: str, table: pa.Table, fates: dict[int, Fate]
             renames.setdefault(row["shard"], {})[row["key"]] = new
         if new is None:
             where = f"{part.summary['file']}:{row['origin']}" if part.summary["located"] else ""
-            lines.append(reject_line(_hex(int(content[r])), row["source"], reason, where))
+            lines.append(reject_line(hex_id(int(content[r])), row["source"], reason, where))
             tally.drop(pool, row["source"], reason)
         else:
             rows.append({**row, "sample_id": new, "key": new})
@@ -252,7 +168,7 @@ def _copy_rejects(part: Part, pool: str, overlaps: dict[int, str], sink, tally: 
     Returns the number of lines."""
     n = 0
     with open(part.rejects(pool), "rb") as f:
-        if pool != _EVAL or not overlaps:
+        if pool != EVAL or not overlaps:
             while chunk := f.read(1 << 22):
                 sink.write(chunk)
                 n += chunk.count(b"\n")
@@ -320,7 +236,7 @@ def assemble(parts: list[Part], out: Path, dedupe: bool) -> Assembled:
     outcomes: list[dict[str, dict]] = [{} for _ in parts]
     n_rejects = 0
     with IndexWriter(out / "index.parquet") as index, open(out / "rejects.jsonl", "wb") as rejects:
-        order = [(pool, i) for pool in POOLS for i in _holders(parts, pool)]
+        order = [(pool, i) for pool in POOLS for i in holders(parts, pool)]
         for pool, i in tqdm(order, desc="ingest: assemble", unit="part", mininterval=1.0):
             part, summary = parts[i], parts[i].pools[pool]
             tally.add(pool, summary)

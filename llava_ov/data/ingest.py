@@ -4,7 +4,8 @@ One engine task per source (its generator draws every pool from one seeded strea
 can run alone and reproduce its bytes): it generates the source's candidates, admits each
 (:func:`~llava_ov.data.admission.admit`) and writes a part (:mod:`llava_ov.data.parts`) with the source's shards
 ``<pool>/<source>-NNNNNN.tar``. The driver then settles duplicates across sources and the eval pool against the
-training pools and streams the parts into the artifact (:mod:`llava_ov.data.assemble`). Every sample is accounted
+training pools (:mod:`llava_ov.data.settle`) and streams the parts into the artifact
+(:mod:`llava_ov.data.assemble`). Every sample is accounted
 for exactly once: kept (a shard and ``index.parquet``) or rejected (``rejects.jsonl`` with a reason).
 
 Parts are built in a scratch folder, never cached across runs: the corpora's real inputs are package data and
@@ -23,9 +24,9 @@ import xxhash
 from tqdm import tqdm
 
 from llava_ov.data.admission import admit
-from llava_ov.data.assemble import assemble
+from llava_ov.data.assemble import LOCAL, assemble, cache_or_scratch, map_largest_first
 from llava_ov.data.filters import Filters
-from llava_ov.data.parts import LOCAL, Part, PartWriter, cache_or_scratch, map_largest_first
+from llava_ov.data.parts import Part, PartWriter
 from llava_ov.data.shards import DEFAULT_MAX_SHARD_BYTES, messages_text, sample_id
 from llava_ov.data.sources import POOLS, Candidate, digits, easyvqa, emoji, rendered
 from llava_ov.data.validate import Rejected

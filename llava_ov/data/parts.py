@@ -19,12 +19,10 @@ training, by the driver (:mod:`llava_ov.data.assemble`).
 from __future__ import annotations
 
 import json
-import tempfile
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Sequence, TypeVar
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,13 +32,9 @@ from llava_ov.artifacts import write_json
 from llava_ov.data.admission import INDEX_SCHEMA, duplicate, image_hashes, index_row, place, reason_kind
 from llava_ov.data.shards import DEFAULT_MAX_SHARD_BYTES, ShardWriter, encode_meta
 from llava_ov.data.validate import ValidSample
-from llava_ov.engine import Engine
-from llava_ov.shard_cache import ShardCache
 
 PART_SCHEMA = INDEX_SCHEMA.append(pa.field("origin", pa.string()))
 SUMMARY = "summary.json"
-LOCAL = Engine(executor="local")  # library calls run in-process unless given an engine: only stages start Ray
-J = TypeVar("J")
 
 
 def reject_line(sid: str, source: str, reason: str, where: str = "") -> bytes:
@@ -156,35 +150,3 @@ class Part:
 
     def rejects(self, pool: str) -> Path:
         return self.folder / f"{pool}.rejects.jsonl"
-
-
-@contextmanager
-def cache_or_scratch(cache: Path | None, out: Path) -> Iterator[Path]:
-    """``cache`` (an absolute path, kept across runs), or a scratch folder beside ``out``, removed afterwards: on
-    the same filesystem, so parts hard-link into the artifact, and shared with workers wherever ``out`` is."""
-    if cache is not None:
-        yield Path(cache).resolve()
-        return
-    with tempfile.TemporaryDirectory(dir=Path(out).parent, prefix=".parts-") as scratch:
-        yield Path(scratch).resolve()
-
-
-def cached_part(cache: ShardCache, key: str, build: Callable[[Path], None]) -> tuple[str, bool]:
-    """The part cached under ``key``, built by ``build(folder)`` on a miss; returns (its folder, built?)."""
-    entry = cache.path(key)
-    if (entry / SUMMARY).is_file():
-        return str(entry), False
-    tmp = cache.writer_dir()
-    build(tmp)
-    return str(cache.commit(tmp, key)), True
-
-
-def map_largest_first(engine: Engine, fn: Callable[[J], Any], jobs: Sequence[J], costs: Sequence[float],
-                      desc: str) -> list:
-    """``engine.map(fn, jobs)`` with the costliest jobs started first (a large file started last would run alone
-    at the end), results in the order of ``jobs``."""
-    order = sorted(range(len(jobs)), key=lambda i: (-costs[i], i))
-    results: list = [None] * len(jobs)
-    for i, result in zip(order, engine.map(fn, [jobs[i] for i in order], desc=desc)):
-        results[i] = result
-    return results

@@ -16,10 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from llava_ov.artifacts import Artifact, ArtifactError, open_artifact
-from llava_ov.data.shards import read_shard
+from llava_ov.data.shards import read_shard, sample_images
 
 KIND, SCHEMA = "ingest", 1
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
 
 def open_ingest(path: Path | str = "artifacts/ingest") -> Artifact:
@@ -58,8 +57,7 @@ def iter_samples(art: Artifact, pools: Sequence[str],
             if row is None or raw.error:
                 continue  # a sample of another pool in the same shard
             found += 1
-            images = [raw.files[f"{i}.{ext}"] for i in range(row["n_images"])
-                      for ext in IMAGE_EXTS if f"{i}.{ext}" in raw.files]
+            images = sample_images(raw.files)
             if len(images) != row["n_images"]:
                 raise ArtifactError(f"{art.path / shard}: sample {raw.key} has {len(images)} image(s), the index "
                                     f"says {row['n_images']}; rebuild ingest (dvc repro ingest)")

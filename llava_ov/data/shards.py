@@ -138,6 +138,19 @@ class RawSample:
     size: int = 0
 
 
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+
+
+def sample_images(files: dict[str, bytes]) -> list[bytes]:
+    """A sample's images in order: its members ``0.<ext>``, ``1.<ext>``, ... (the internal schema)."""
+    found = {}
+    for name, data in files.items():
+        index, _, ext = name.partition(".")
+        if index.isdigit() and ext in IMAGE_EXTS:
+            found[int(index)] = data
+    return [found[i] for i in sorted(found)]
+
+
 def unsafe_member(name: str) -> bool:
     """True for tar member names that would escape the extraction folder (absolute, ``..``)."""
     return name.startswith("/") or name.startswith("\\") or ".." in Path(name).parts or ":" in name.split("/")[0]

@@ -18,7 +18,6 @@ from PIL import Image, UnidentifiedImageError
 from llava_ov.data.shards import messages_text, sample_id
 from llava_ov.vision.image_processing import MAX_ASPECT_RATIO
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")  # only decoders for these run on untrusted bytes
 IMAGE_MEMBER = re.compile(r"^(\d+)\.(png|jpe?g|webp)$")
 PLACEHOLDER = "<image>"

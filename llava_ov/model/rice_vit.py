@@ -3,7 +3,8 @@
 Read top to bottom: patches (already in 2×2-window order) are embedded by a bias-free conv; every image gets a
 learned CLS token, whose rotary angle is learned too (``class_pos_emb``), while patches get 2D RoPE from their
 (row, col). All images go through the blocks as one sequence with block-diagonal attention, so no image sees
-another. CLS outputs are dropped and each 2×2 window of patch features is merged into one LLM token.
+another (:mod:`llava_ov.model.packed_attention`: varlen kernels on a GPU, windowed masks on the CPU). CLS
+outputs are dropped and each 2×2 window of patch features is merged into one LLM token.
 """
 
 from __future__ import annotations
@@ -14,11 +15,7 @@ from torch import nn
 
 from llava_ov.model.configuration import RiceVisionConfig
 from llava_ov.model.merger import PatchMerger
-
-try:  # flash-attn varlen on GPU when installed (the `gpu` extra); SDPA with a block mask otherwise
-    from flash_attn import flash_attn_varlen_func
-except ImportError:  # pragma: no cover - depends on the machine
-    flash_attn_varlen_func = None
+from llava_ov.model.packed_attention import packed_attention
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -50,12 +47,6 @@ def segment_ids(cu_seqlens: torch.Tensor, total: int, device: torch.device) -> t
     return seg.cumsum(0)
 
 
-def block_diagonal_mask(cu_seqlens: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
-    """Boolean [total, total] mask, True where query and key are in the same segment."""
-    seg = segment_ids(cu_seqlens, total, device)
-    return seg[:, None] == seg[None, :]
-
-
 class VisionAttention(nn.Module):
     def __init__(self, cfg: RiceVisionConfig) -> None:
         super().__init__()
@@ -68,13 +59,7 @@ class VisionAttention(nn.Module):
         t = x.shape[0]
         q, k, v = self.qkv(x).view(t, 3, self.heads, self.head_dim).unbind(1)
         q, k = apply_rotary(q, angles), apply_rotary(k, angles)
-        if flash_attn_varlen_func is not None and x.is_cuda:
-            max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-            out = flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len)
-        else:
-            mask = block_diagonal_mask(cu_seqlens, t, x.device)
-            out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
-                                                 v.transpose(0, 1)[None], attn_mask=mask)[0].transpose(0, 1)
+        out = packed_attention(q, k, v, cu_seqlens, causal=False)  # per image: varlen kernels on GPU
         return self.proj(out.reshape(t, -1))
 
 

@@ -21,26 +21,24 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import xxhash
 from PIL import Image
 from transformers import AutoTokenizer
 
 from llava_ov.artifacts import Artifact
-from llava_ov.data.reader import IMAGE_EXTS, index_table
-from llava_ov.data.shards import read_shard
-from llava_ov.shard_cache import ShardCache, code_digest
+from llava_ov.data.reader import index_table
+from llava_ov.data.shards import read_shard, sample_images
+from llava_ov.code_digest import code_digest
+from llava_ov.shard_cache import ShardCache
 from llava_ov.text.template import ChatEncoder
 from llava_ov.vision.image_processing import ImageProcessor
 
-# the modules whose code decides a shard's lengths (the per-shard cache key)
-CODE = ("llava_ov.packing.lengths", "llava_ov.text.template", "llava_ov.text.tokenizer",
-        "llava_ov.vision.image_processing", "llava_ov.data.shards")
 
+# `offset`/`size`: the sample's byte extent in its ingest shard, so packing seeks it without a scan
 SCHEMA = pa.schema([("sample_id", pa.string()), ("pool", pa.string()), ("source", pa.string()),
-                    ("shard", pa.string()), ("key", pa.string()), ("text_tokens", pa.int32()),
-                    ("image_tokens", pa.int32()), ("vit_patches", pa.int32()), ("total", pa.int32())])
+                    ("shard", pa.string()), ("key", pa.string()), ("offset", pa.int64()), ("size", pa.int64()),
+                    ("text_tokens", pa.int32()), ("image_tokens", pa.int32()), ("vit_patches", pa.int32()),
+                    ("total", pa.int32())])
 
 
 def encode_sample(encoder: ChatEncoder, processor: ImageProcessor, messages: list[dict],
@@ -82,32 +80,27 @@ def _encoder(tokenizer_path: str) -> ChatEncoder:
 
 def shard_lengths(job: ShardJob) -> str:
     """Lengths of every sample of one ingest shard, as a parquet file in the cache (computed on a miss)."""
-    cached = job.cache.path(job.digest)
-    if cached.exists():
+    cached = job.cache.get(job.digest)
+    if cached is not None:
         return str(cached)
     encoder, processor = _encoder(job.tokenizer), ImageProcessor(**job.image)
     columns: dict[str, list] = {name: [] for name in SCHEMA.names}
     for raw in read_shard(job.path):
         meta = json.loads(raw.files["json"])
-        images = [raw.files[f"{i}.{ext}"] for i in range(_n_images(raw.files))
-                  for ext in IMAGE_EXTS if f"{i}.{ext}" in raw.files]
+        images = sample_images(raw.files)
         row = {"sample_id": meta["id"], "pool": job.pool, "source": meta["source"], "shard": job.rel, "key": raw.key,
-               **sample_lengths(encoder, processor, meta["messages"], images)}
+               "offset": raw.offset, "size": raw.size, **sample_lengths(encoder, processor, meta["messages"], images)}
         for name, value in row.items():
             columns[name].append(value)
-    tmp = job.cache.writer_path(job.digest)
-    pq.write_table(pa.table(columns, schema=SCHEMA), tmp, compression="zstd")
-    return str(job.cache.commit(tmp, job.digest))
-
-
-def _n_images(files: dict[str, bytes]) -> int:
-    return sum(1 for name in files if name.split(".", 1)[0].isdigit())
+    with job.cache.writing(job.digest) as tmp:
+        pq.write_table(pa.table(columns, schema=SCHEMA), tmp, compression="zstd")
+    return str(job.cache.get(job.digest))
 
 
 def shard_jobs(ingest: Artifact, tokenizer: Artifact, image: dict, pools: tuple[str, ...],
                cache_root: Path) -> list[ShardJob]:
     """One job per ingest shard of ``pools``, in sorted (pool, shard) order."""
-    cache = ShardCache(cache_root, code=code_digest(*CODE), inputs={"tokenizer": tokenizer.digest}, params=image)
+    cache = ShardCache(cache_root, code=code_digest(__name__), inputs={"tokenizer": tokenizer.digest}, params=image)
     shards = index_table(ingest, pools, columns=["pool", "shard"]).group_by(["pool", "shard"]).aggregate([])
     return [ShardJob(str((ingest.path / rel).resolve()), rel, pool, ingest.file_digest(rel),
                      str(tokenizer.path.resolve()), image, cache)
@@ -131,16 +124,3 @@ def write_lengths(parts: list[str], out: Path, keep: Callable[[pa.Table], pa.Tab
             stats["tokens"] += int(totals.sum())
             stats["max_total"] = max(stats["max_total"], int(totals.max(initial=0)))
     return stats
-
-
-def pool_rows(table: pa.Table, pools: list[str] | tuple[str, ...]) -> tuple[pa.Table, str]:
-    """The rows of ``pools`` from a ``lengths`` table, and an xxh3-128 digest of exactly those rows.
-
-    ``lengths`` covers every training pool, so a new balance manifest (which only selects ``mid``) changes that
-    artifact. A pack records the digest of the rows it read instead of the whole artifact's, so pack@stage1 comes
-    out byte-identical after a balance change and DVC does not retrain Stage-1 on the same packs."""
-    rows = table.filter(pc.is_in(table["pool"], pa.array(list(pools)))).combine_chunks().replace_schema_metadata(None)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, rows.schema) as writer:
-        writer.write_table(rows)
-    return rows, xxhash.xxh3_128_hexdigest(sink.getvalue().to_pybytes())
