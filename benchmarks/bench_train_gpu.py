@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from llava_ov.megatron.convert import padded_vocab
 from llava_ov.megatron.model import LlavaOVMegatron, device
 from llava_ov.model.packed_attention import packed_attention, segment_mask
-from llava_ov.model.presets import build_config
+from llava_ov.model.family import build_config
 from llava_ov.plan import LMShape, ViTShape
 from llava_ov.train.batches import IGNORE
 from llava_ov.train.distributed import init, shutdown

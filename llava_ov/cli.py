@@ -63,7 +63,7 @@ def verify_cmd(paths: tuple[Path, ...], digests: bool, clean: bool) -> None:
 @click.option("--utilisation", "--utilization", "utilisation", type=float, default=0.45, show_default=True,
               help="hardware FLOPs utilisation (the report claims 45% at 8K context)")
 @click.option("--recompute/--no-recompute", default=True, show_default=True, help="full activation recompute")
-@click.option("--model", type=click.Choice(["tiny", "4b", "8b"]), help="model shapes [default: the profile's]")
+@click.option("--model", help="a model size of the family registry (4b, 8b, 1.7b, tiny) [default: the profile's]")
 def plan(stages: tuple[str, ...], samples: float | None, text_tokens: float | None, image_tokens: float | None,
          seq_len: int | None, fill: float | None, epochs: float, params_steps: bool, gpus: int | None,
          accelerator: str, utilisation: float, recompute: bool, model: str | None) -> None:

@@ -70,21 +70,31 @@ def apply_profile(name: str, root: Path | None = None) -> dict:
     back to ``tiny`` restores the committed file byte for byte.
     """
     root = root or project_root()
-    overlay_path = root / PROFILES_DIR / f"{name}.yaml"
-    if not overlay_path.exists():
-        raise ValueError(f"unknown profile {name!r}; available: {available_profiles(root)}")
     rt = YAML()
     rt.width = 110
     rt.indent(mapping=2, sequence=4, offset=2)
     with open(root / PARAMS_FILE) as f:
         doc = rt.load(f)
     # Reset every profile-dependent key to tiny first, so profiles do not leak into each other.
-    for layer in (root / PROFILES_DIR / "tiny.yaml", overlay_path):
-        _merge_in_place(doc, read_yaml(layer))
+    for layer in [read_yaml(root / PROFILES_DIR / "tiny.yaml"), *profile_layers(name, root)]:
+        _merge_in_place(doc, layer)
     doc["profile"] = name
     with open(root / PARAMS_FILE, "w") as f:
         rt.dump(doc, f)
     return load_params(root)
+
+
+def profile_layers(name: str, root: Path, seen: tuple[str, ...] = ()) -> list[dict]:
+    """The overlays a profile applies, base first: a profile may say ``extends: <profile>`` and hold only the keys
+    it changes (e.g. another base LLM on the 4b recipe)."""
+    path = root / PROFILES_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ValueError(f"unknown profile {name!r}; available: {available_profiles(root)}")
+    if name in seen:
+        raise ValueError(f"profiles extend each other in a cycle: {' -> '.join((*seen, name))}")
+    overlay = read_yaml(path)
+    base = overlay.pop("extends", None)
+    return [*(profile_layers(base, root, (*seen, name)) if base else []), overlay]
 
 
 def _merge_in_place(doc: dict, overlay: dict) -> None:

@@ -69,6 +69,8 @@ PARAM_CHANGES = [
     ("train.stage2.lr", 0.0001, ["train@stage2"]),
     ("eval.tasks", ["easyvqa", "emoji"], EVALS),
     ("eval.max_items", 10, EVALS),
+    ("eval.lmms.max_pixels", 2560000, EVALS),
+    ("report.published.tolerance", 1.0, ["report"]),
     ("report.eval_stages", ["stage0", "stage2"], ["report"]),
 ]
 
@@ -79,6 +81,8 @@ FILE_CHANGES = [
     ("llava_ov/eval/scoring.py", EVALS),
     ("llava_ov/eval/tasks/easyvqa.yaml", EVALS),
     ("llava_ov/eval/report.py", ["report"]),
+    ("llava_ov/eval/lmms_likelihood.py", EVALS),
+    ("llava_ov/eval/published/llava_onevision_1_5.yaml", ["report"]),
     ("llava_ov/packing/plan.py", PACKS),
     ("llava_ov/packing/loader.py", TRAINS),
     ("llava_ov/megatron/compat.py", TRAINS),

@@ -12,7 +12,7 @@ from llava_ov.megatron import compat
 from llava_ov.megatron.convert import (from_te_names, hf_to_megatron, megatron_to_hf, padded_vocab, rules,
                                        to_te_names)
 from llava_ov.model import LlavaOV15ForConditionalGeneration
-from llava_ov.model.presets import build_config
+from llava_ov.model.family import build_config
 
 torch.set_num_threads(1)
 

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from llava_ov.params import apply_profile, available_profiles, load_params, read_yaml
+from llava_ov.params import apply_profile, available_profiles, load_params, profile_layers, read_yaml
 from tests.project import REPO
 
 
@@ -34,11 +34,10 @@ def _keys(d, prefix=""):
 def test_every_profile_switches_and_back(project):
     original = (project / "params.yaml").read_text()
     assert set(available_profiles(project)) >= {"tiny", "smoke", "4b", "8b"}
-    for name in ["smoke", "4b", "8b", "smoke"]:
+    for name in ["smoke", "4b", "8b", "1.7b", "smoke"]:
         params = apply_profile(name, project)
         assert params["profile"] == name
-        overlay = read_yaml(project / "profiles" / f"{name}.yaml")
-        assert deep_merge(params, overlay) == params  # every overlay key is in force
+        assert deep_merge(params, profile_layers(name, project)[-1]) == params  # every key of its own is in force
     apply_profile("tiny", project)
     assert (project / "params.yaml").read_text() == original  # byte for byte: comments and order survive
 
@@ -46,7 +45,7 @@ def test_every_profile_switches_and_back(project):
 def test_tiny_overlay_covers_every_overridden_key(project):
     tiny = set(_keys(read_yaml(project / "profiles" / "tiny.yaml")))
     for name in available_profiles(project):
-        overlay = read_yaml(project / "profiles" / f"{name}.yaml")
+        overlay = {k: v for k, v in read_yaml(project / "profiles" / f"{name}.yaml").items() if k != "extends"}
         missing = {k for k in _keys(overlay)
                    if not any(k == t or k.startswith(t + ".") for t in tiny)}
         assert not missing, f"profiles/{name}.yaml overrides {sorted(missing)} which profiles/tiny.yaml lacks"
@@ -72,3 +71,14 @@ def test_profiles_are_read_as_yaml_1_2_like_dvc(project):
     assert params["train"]["stage2"]["lr"] == 1e-5
     assert params["report"]["expect"]["stage2"]["better"] == "yes"
     assert "lr: 1e-05" in (project / "params.yaml").read_text()
+
+
+def test_an_extending_profile_is_its_base_plus_its_own_keys(project):
+    """``extends: 4b`` applies the 4b overlay first; the 1.7b profile changes only the LLM (size and folders)."""
+    four = apply_profile("4b", project)
+    small = apply_profile("1.7b", project)
+    assert small["llm_base"] == {**four["llm_base"], "size": "1.7b", "source": "models/Qwen3-1.7B"}
+    assert small["train"] == four["train"] and small["ingest"] == four["ingest"] and "extends" not in small
+    (project / "profiles" / "loop.yaml").write_text("extends: loop\n")
+    with pytest.raises(ValueError, match="cycle: loop -> loop"):
+        apply_profile("loop", project)

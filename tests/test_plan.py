@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from llava_ov.artifacts import ArtifactWriter
 from llava_ov.cli import main
-from llava_ov.model.presets import PRESETS
+from llava_ov.model.family import LLAVA_OV_1_5
 from llava_ov.params import apply_profile, load_params
 from llava_ov.plan import (PUBLISHED_8B_STAGE1_5, LMShape, ViTShape, epochs_for_steps, format_table,
                            stage_cost)
@@ -24,7 +24,7 @@ P = PUBLISHED_8B_STAGE1_5
 
 
 def _shapes(name: str) -> tuple[LMShape, ViTShape]:
-    text, vision = PRESETS[name]["text"], PRESETS[name]["vision"]
+    text, vision = LLAVA_OV_1_5.sizes[name].text, LLAVA_OV_1_5.sizes[name].vision
     return LMShape.from_hf(text), ViTShape.from_hf(vision, text["hidden_size"])
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from llava_ov.artifacts import ArtifactWriter
 from llava_ov.model import LlavaOV15ForConditionalGeneration
-from llava_ov.model.presets import build_config
+from llava_ov.model.family import build_config
 from llava_ov.text.tokenizer import special_ids, train_bpe
 from llava_ov.vision.image_processing import ImageProcessor
 from tests.pack_fixtures import make_packs, measure, write_ingest, write_tokenizer

@@ -17,7 +17,7 @@ from llava_ov.artifacts import Artifact, digest_json
 from llava_ov.code_digest import code_digest
 from llava_ov.data.reader import iter_samples
 from llava_ov.eval.cache import ResultCache, cache_key
-from llava_ov.eval.tasks import Task
+from llava_ov.eval.tasks import Task, dialogue
 from llava_ov.text.template import PLACEHOLDER
 
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -45,6 +45,7 @@ class BlindBaseline:
         """Count (source, pattern) -> answer over the user/assistant pairs of training conversations."""
         pairs: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for source, messages in conversations:
+            messages = dialogue(messages)
             for q, a in zip(messages[::2], messages[1::2]):
                 if q["role"] == "user" and a["role"] == "assistant":
                     pairs[source].append((q["content"], a["content"]))

@@ -135,6 +135,11 @@ def _target(spec: dict, sample: dict) -> str:
     return target[sample["source"]].format(answer=sample["answer"])
 
 
+def dialogue(messages: list[dict]) -> list[dict]:
+    """The user/assistant turns of a conversation: its optional leading system turn (kept by ingest) left out."""
+    return messages[1:] if messages and messages[0]["role"] == "system" else messages
+
+
 def build_task(spec: dict, samples: Iterable[tuple[dict, list[bytes]]], max_items: int = 0) -> Task:
     """The task's items from eval-pool (sample json, image bytes) pairs, sorted by sample id.
 
@@ -144,9 +149,10 @@ def build_task(spec: dict, samples: Iterable[tuple[dict, list[bytes]]], max_item
     for sample, images in samples:
         if not _selected(spec, sample):
             continue
-        prompt = sample["messages"][0]["content"] if spec["prompt"] == "sample" else spec["prompt"]
-        if sample["messages"][0]["role"] != "user":
+        turns = dialogue(sample["messages"])
+        if turns[0]["role"] != "user":
             raise ValueError(f"eval sample {sample['id']} ({sample['source']}) does not start with a user turn")
+        prompt = turns[0]["content"] if spec["prompt"] == "sample" else spec["prompt"]
         items.append(Item(sample_id=sample["id"], source=sample["source"], category=sample["category"],
                           prompt=prompt, images=tuple(images), target=_target(spec, sample),
                           choices=tuple(sample.get("choices") or ())))

@@ -46,7 +46,7 @@ from torch import nn
 
 from llava_ov.megatron.attention import PackedSDPAttention
 from llava_ov.megatron.precision import Precision
-from llava_ov.model.rice_vit import patch_rows_cols
+from llava_ov.model.rice_vit import cls_sequences, drop_cls, rope_inv_freq
 
 HAVE_TE = importlib.util.find_spec("transformer_engine") is not None
 RECOMPUTE = ("none", "selective", "full")
@@ -209,8 +209,7 @@ class RiceVision(MegatronModule):
         self.patch_embed = nn.Conv2d(self.channels, config.hidden_size, self.patch, self.patch, bias=False)
         self.class_embedding = nn.Parameter(torch.zeros(config.hidden_size))
         self.class_pos_emb = nn.Parameter(torch.zeros(1, head_dim // 2))
-        self.register_buffer("inv_freq", 1.0 / hf_vision.rope_theta ** (
-            torch.arange(0, head_dim // 2, 2).float() / (head_dim // 2)), persistent=False)
+        self.register_buffer("inv_freq", rope_inv_freq(head_dim, hf_vision.rope_theta), persistent=False)
         self.pre_layernorm = TorchNorm(config, config.hidden_size, eps=config.layernorm_epsilon)
         groups = None
         if parallel.cp > 1:  # the rotary code takes the CP group's size from the groups it is given
@@ -222,25 +221,16 @@ class RiceVision(MegatronModule):
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         x = pixel_values.view(-1, self.channels, self.patch, self.patch).to(self.patch_embed.weight.dtype)
-        patches = self.patch_embed(x).flatten(1)
-        pos = patch_rows_cols(grid_thw, self.merge).to(patches.device)
-        patch_angles = torch.cat([pos[:, :1] * self.inv_freq, pos[:, 1:] * self.inv_freq], dim=-1)
-        sizes = (grid_thw[:, 0] * grid_thw[:, 1] * grid_thw[:, 2]).tolist()
-        tokens, angles = [], []
-        for feats, ang in zip(patches.split(sizes), patch_angles.split(sizes)):
-            tokens += [self.class_embedding[None].to(feats.dtype), feats]
-            angles += [self.class_pos_emb.float(), ang]
-        hidden = self.pre_layernorm(torch.cat(tokens))[:, None]  # [t, 1, h]
+        tokens, angles, cu = cls_sequences(self.patch_embed(x).flatten(1), grid_thw, self.class_embedding,
+                                           self.class_pos_emb, self.inv_freq, self.merge)
+        hidden = self.pre_layernorm(tokens)[:, None]  # [t, 1, h]
         # Each TP rank rotates only its heads: sum the angle gradients over TP (the learned CLS angle trains).
-        angles = copy_to_tensor_model_parallel_region(torch.cat(angles))
+        angles = copy_to_tensor_model_parallel_region(angles)
         freqs = torch.cat([angles, angles], dim=-1)[:, None, None, :]  # [t, 1, 1, head_dim]
-        lengths = torch.tensor([n + 1 for n in sizes], device=hidden.device)
-        cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        longest = int((cu[1:] - cu[:-1]).max())
         hidden = self.decoder(hidden, attention_mask=None, rotary_pos_emb=freqs,
-                              packed_seq_params=packed_params(cu, max(sizes) + 1))
-        keep = torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
-        keep[cu[:-1].long()] = False  # drop each image's CLS
-        return hidden[keep, 0]
+                              packed_seq_params=packed_params(cu, longest))
+        return drop_cls(hidden, cu)[:, 0]
 
 
 class Merger(MegatronModule):

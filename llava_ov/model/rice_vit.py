@@ -40,6 +40,36 @@ def patch_rows_cols(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def rope_inv_freq(head_dim: int, theta: float, device: torch.device | str | None = None) -> torch.Tensor:
+    """2D RoPE frequencies: head_dim/4 per axis (rows, then columns) of base ``theta``: [head_dim / 4]."""
+    half = head_dim // 2
+    return 1.0 / theta ** (torch.arange(0, half, 2, device=device).float() / half)
+
+
+def cls_sequences(patches: torch.Tensor, grid_thw: torch.Tensor, class_embedding: torch.Tensor,
+                  class_pos_emb: torch.Tensor, inv_freq: torch.Tensor,
+                  merge: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every image as its own sequence, its CLS token first: (tokens [T, h], rotary angles [T, head_dim/2],
+    ``cu_seqlens``). A patch's angles come from its (row, col); the CLS's angle is learned (``class_pos_emb``).
+    Shared by the HF model and the megatron model, so the two can never disagree on positions."""
+    pos = patch_rows_cols(grid_thw, merge).to(patches.device)
+    patch_angles = torch.cat([pos[:, :1] * inv_freq, pos[:, 1:] * inv_freq], dim=-1)
+    sizes = (grid_thw[:, 0] * grid_thw[:, 1] * grid_thw[:, 2]).tolist()
+    tokens, angles = [], []
+    for feats, ang in zip(patches.split(sizes), patch_angles.split(sizes)):
+        tokens += [class_embedding[None].to(feats.dtype), feats]
+        angles += [class_pos_emb.float(), ang]
+    lengths = torch.tensor([n + 1 for n in sizes], device=patches.device)
+    return torch.cat(tokens), torch.cat(angles), F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+
+
+def drop_cls(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """The rows of ``x`` (first dim: tokens of :func:`cls_sequences`) without each image's CLS."""
+    keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    keep[cu_seqlens[:-1].long()] = False
+    return x[keep]
+
+
 def segment_ids(cu_seqlens: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
     """Segment index of each of ``total`` tokens, from boundaries ``cu_seqlens`` (0, ..., total): [total]."""
     seg = torch.zeros(total, dtype=torch.long, device=device)
@@ -113,9 +143,7 @@ class RiceVisionModel(nn.Module):
         self.merger = PatchMerger(cfg)
 
     def _inv_freq(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """2D RoPE frequencies: head_dim/4 per axis (rows, then columns), base ``rope_theta``."""
-        half = self.cfg.hidden_size // self.cfg.num_attention_heads // 2
-        return 1.0 / self.cfg.rope_theta ** (torch.arange(0, half, 2, device=device).float() / half)
+        return rope_inv_freq(self.cfg.hidden_size // self.cfg.num_attention_heads, self.cfg.rope_theta, device)
 
     def reset_rotary(self, device: torch.device | str | None = None) -> None:
         """Recompute ``inv_freq`` (a non-persistent buffer: after a meta-device build or a fresh init)."""
@@ -123,23 +151,12 @@ class RiceVisionModel(nn.Module):
 
     def encode(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Per-patch features after the last block (CLS dropped), before the merger: [P, hidden]."""
-        patches = self.patch_embed(pixel_values)
-        pos = patch_rows_cols(grid_thw, self.cfg.spatial_merge_size).to(patches.device)
-        patch_angles = torch.cat([pos[:, :1] * self.inv_freq, pos[:, 1:] * self.inv_freq], dim=-1)
-        sizes = (grid_thw[:, 0] * grid_thw[:, 1] * grid_thw[:, 2]).tolist()
-        tokens, angles = [], []
-        for feats, ang in zip(patches.split(sizes), patch_angles.split(sizes)):
-            tokens += [self.class_embedding[None].to(feats.dtype), feats]
-            angles += [self.class_pos_emb.float(), ang]
-        x = self.pre_layernorm(torch.cat(tokens))
-        angles = torch.cat(angles)
-        lengths = torch.tensor([n + 1 for n in sizes], device=x.device)
-        cu_seqlens = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        tokens, angles, cu_seqlens = cls_sequences(self.patch_embed(pixel_values), grid_thw, self.class_embedding,
+                                                   self.class_pos_emb, self.inv_freq, self.cfg.spatial_merge_size)
+        x = self.pre_layernorm(tokens)
         for block in self.blocks:
             x = block(x, angles, cu_seqlens)
-        keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        keep[cu_seqlens[:-1].long()] = False  # drop each image's CLS
-        return x[keep]
+        return drop_cls(x, cu_seqlens)
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         return self.merger(self.encode(pixel_values, grid_thw))
