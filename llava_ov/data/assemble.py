@@ -32,7 +32,7 @@ from llava_ov.engine import Engine
 
 LOCAL = Engine(executor="local")  # library calls run in-process unless given an engine: only stages start Ray
 J = TypeVar("J")
-UNIQUE = ("sample_id", "key", "offset")  # a value per row: dictionary-encoding them only costs memory and time
+UNIQUE = ("sample_id", "key", "offset")  # (nearly) a value per row: a dictionary only costs memory and time
 
 
 def map_largest_first(engine: Engine, fn: Callable[[J], Any], jobs: Sequence[J], costs: Sequence[float],
