@@ -1,0 +1,250 @@
+"""The data path at scale: ingest -> lengths -> balance -> pack (plan + materialise at 8192) -> one loader epoch.
+
+N synthetic samples in the released Mid-Training-85M format (parquet files of ``id``, HF-Image ``image``, ``caption``;
+deterministic: small JPEGs of noise, captions of pseudo-words with a long-tailed length) go through the real stage
+scripts (``python -m stages.ingest``, ``stages.lengths``, ``stages.pack stage1_5``) in a scratch project on the
+engine (Ray, ``--cpus``), and through the loader for one epoch. ``balance`` runs the library's selection on
+synthetic concept top-k (zipf-distributed, k = 5): the embedding itself is concept_index's cost
+(``bench_concepts.py``). Each step is its own process; its peak RSS is sampled every 0.2 s over the whole process
+tree (Ray's raylet and workers included): the sum over processes, and the largest single process.
+
+A second run, ``--image-cost``, pushes realistic 700x560 JPEGs (default 10K) through the same steps and reports
+seconds per image.
+
+Usage:
+    python benchmarks/bench_data_scale.py --samples 100000 --workdir /tmp/scale
+    python benchmarks/bench_data_scale.py --samples 1000000 --workdir /tmp/scale --cpus 2
+    python benchmarks/bench_data_scale.py --image-cost 10000 --workdir /tmp/scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+PER_FILE = 10_000
+CAPACITY = 8192
+STEPS = ("ingest", "lengths", "balance", "pack", "loader")
+
+
+def _jpeg(rng: np.random.Generator, width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=70)
+    return buf.getvalue()
+
+
+def _words(rng: np.random.Generator, n: int = 4000) -> list[str]:
+    syllables = ["ka", "lo", "mi", "ne", "ru", "ta", "shi", "po", "ve", "dan", "bor", "el", "in", "ost", "ur"]
+    return ["".join(rng.choice(syllables, rng.integers(1, 4))) for _ in range(n)]
+
+
+def generate(folder: Path, samples: int, side: tuple[int, int], seed: int = 0) -> None:
+    """``samples`` rows of the released parquet schema under ``folder`` (PER_FILE rows a file, nested folders)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    words = _words(rng)
+    zipf = rng.zipf(1.3, 10 * samples) % len(words)
+    cursor = 0
+    for first in range(0, samples, PER_FILE):
+        n = min(PER_FILE, samples - first)
+        lengths = np.clip(rng.lognormal(np.log(45), 0.6, n).astype(int), 12, 600)  # words per caption
+        captions = []
+        for length in lengths:
+            if cursor + length > len(zipf):
+                cursor = 0
+            captions.append(" ".join(words[i] for i in zipf[cursor:cursor + length]).capitalize() + ".")
+            cursor += length
+        images = [{"bytes": _jpeg(rng, *side), "path": f"{first + i:09d}.jpg"} for i in range(n)]
+        table = pa.table({"id": [f"{first + i:09d}" for i in range(n)], "image": images, "caption": captions})
+        path = folder / f"part-{first // (PER_FILE * 10):03d}" / f"{first // PER_FILE:05d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path, row_group_size=1000)
+
+
+def scratch_project(root: Path, cpus: int, samples: int) -> None:
+    """A project of the 4b profile's data settings over ``data/released/mid`` only, with a tokenizer built here."""
+    from ruamel.yaml import YAML
+
+    from llava_ov.artifacts import ArtifactWriter
+    from llava_ov.params import apply_profile, load_params, read_yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "profiles", root / "profiles", dirs_exist_ok=True)
+    apply_profile("4b", root)
+    params = read_yaml(root / "params.yaml")
+    params["ingest"]["released"] = {"mid": "data/released/mid"}
+    params["ingest"]["filters"] = {}
+    params["engine"] = {"executor": "ray", "cpus": cpus, "address": None}
+    params["lengths"]["pools"] = ["mid"]
+    with open(root / "params.yaml", "w") as f:
+        YAML().dump(params, f)
+    # the tokenizer: a byte-level BPE trained on 20K of the captions (the 4b profile would import Qwen3's)
+    import pyarrow.parquet as pq
+
+    from llava_ov.text.tokenizer import train_bpe
+
+    first = sorted((root / "data" / "released" / "mid").rglob("*.parquet"))[0]
+    texts = pq.read_table(first, columns=["caption"])["caption"].to_pylist()[:20_000]
+    with ArtifactWriter(root / "artifacts" / "tokenizer", "tokenizer", 1) as w:
+        train_bpe(texts, 8192).save_pretrained(w.dir)
+    assert load_params(root)["engine"]["cpus"] == cpus
+
+
+def balance_step(root: Path, target_fraction: float = 0.8) -> dict:
+    """The library's concept-balanced selection over synthetic top-k concepts of every ingested sample."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llava_ov.artifacts import ArtifactWriter
+    from llava_ov.concepts.balance import select
+    from llava_ov.concepts.draws import id_hashes
+
+    index = pq.read_table(root / "artifacts" / "ingest" / "index.parquet", columns=["sample_id", "shard"])
+    n, concepts = index.num_rows, 500_000
+    rng = np.random.default_rng(1)
+    topk = (rng.zipf(1.2, (n, 5)) % concepts).astype(np.int32)
+    sel = select("inverse_frequency", topk, np.ones(n), int(n * target_fraction), concepts,
+                 id_hashes(index["sample_id"].to_pylist()), 0)
+    with ArtifactWriter(root / "artifacts" / "balance", "balance", 1) as w:
+        pq.write_table(pa.table({"sample_id": index["sample_id"], "shard": index["shard"],
+                                 "selected": pa.array(sel.selected)}), w.dir / "manifest.parquet")
+    return {"samples": n, "selected": int(sel.selected.sum())}
+
+
+def loader_step(root: Path) -> dict:
+    """One epoch of the packed loader over pack@stage1_5, micro-batch 1 (every pack read and collated once)."""
+    from transformers import AutoTokenizer
+
+    from llava_ov.artifacts import open_artifact
+    from llava_ov.packing.loader import PackedLoader
+    from llava_ov.params import load_params
+    from llava_ov.text.tokenizer import special_ids
+    from llava_ov.vision.image_processing import ImageProcessor
+
+    art = open_artifact(root / "artifacts" / "pack_stage1_5", "pack", 2)
+    pad = special_ids(AutoTokenizer.from_pretrained(root / "artifacts" / "tokenizer"))["<|endoftext|>"]
+    loader = PackedLoader(art, 1, pad, ImageProcessor(**load_params(root)["image"]))
+    tokens = 0
+    for _ in range(len(loader.packs)):
+        tokens += int((loader.take(1)[0]["input_ids"] != pad).sum())
+    return {"packs": len(loader.packs), "tokens": tokens}
+
+
+def run_step(root: Path, step: str) -> dict:
+    """Run one step in its own process; returns seconds and peak RSS (tree sum, largest process)."""
+    if step in ("ingest", "lengths"):
+        cmd = [sys.executable, "-m", f"stages.{step}"]
+    elif step == "pack":
+        cmd = [sys.executable, "-m", "stages.pack", "stage1_5"]
+    else:
+        cmd = [sys.executable, __file__, "--internal-step", step, "--workdir", str(root)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = {"tree": 0, "process": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        try:
+            top = psutil.Process(proc.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not stop.is_set():
+            try:
+                rss = [p.memory_info().rss for p in [top, *top.children(recursive=True)]]
+            except psutil.Error:
+                rss = []
+            if rss:
+                peak["tree"] = max(peak["tree"], sum(rss))
+                peak["process"] = max(peak["process"], max(rss))
+            stop.wait(0.2)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    out, err = proc.communicate()
+    stop.set()
+    watcher.join()
+    if proc.returncode:
+        raise SystemExit(f"step {step} failed ({proc.returncode}):\n{err[-4000:]}")
+    result = {"seconds": time.perf_counter() - t0, "rss_tree": peak["tree"], "rss_process": peak["process"]}
+    if step in ("balance", "loader"):
+        result |= json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def measure(root: Path, samples: int, side: tuple[int, int], cpus: int) -> dict[str, dict]:
+    shutil.rmtree(root, ignore_errors=True)
+    t0 = time.perf_counter()
+    generate(root / "data" / "released" / "mid", samples, side)
+    print(f"generated {samples:,} samples in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    scratch_project(root, cpus, samples)
+    results = {}
+    for step in STEPS:
+        results[step] = run_step(root, step)
+        print(f"{step}: {results[step]}", file=sys.stderr)
+    for step, name in (("ingest", "ingest"), ("lengths", "lengths"), ("pack", "pack_stage1_5")):
+        metrics = json.loads((root / "metrics" / f"{name}.json").read_text())
+        results[step]["metrics"] = metrics
+    return results
+
+
+def table(samples: int, cpus: int, results: dict[str, dict]) -> str:
+    rows = [f"N = {samples:,} samples, {cpus} CPU(s)", "",
+            "| step | seconds | samples/s | peak RSS, all processes (MB) | peak RSS, largest process (MB) |",
+            "|---|---:|---:|---:|---:|"]
+    for step in STEPS:
+        r = results[step]
+        rows.append(f"| {step} | {r['seconds']:.1f} | {samples / r['seconds']:,.0f} | {r['rss_tree'] / 2**20:,.0f} | "
+                    f"{r['rss_process'] / 2**20:,.0f} |")
+    pack = results["pack"]["metrics"]
+    rows.append("")
+    rows.append(f"pack@8192: {pack['samples']:,} samples in {pack['packs']:,} packs, fill {pack['fill']}, gap to the "
+                f"lower bound {pack['gap']:.5f}, {pack['shards']} shards, {pack['plan_groups']} plan groups")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=100_000)
+    ap.add_argument("--image-cost", type=int, default=0, help="samples of 700x560 JPEGs for the per-image run")
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/llava-ov-scale"))
+    ap.add_argument("--internal-step", choices=("balance", "loader"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.internal_step:
+        fn = balance_step if args.internal_step == "balance" else loader_step
+        print(json.dumps(fn(args.workdir)))
+        return
+    if args.image_cost:
+        n = args.image_cost
+        results = measure(args.workdir / "images", n, (700, 560), args.cpus)
+        print(f"{n:,} samples of 700x560 JPEGs, {args.cpus} CPU(s)\n")
+        print("| step | seconds | ms per image |\n|---|---:|---:|")
+        for step in STEPS:
+            print(f"| {step} | {results[step]['seconds']:.1f} | {1000 * results[step]['seconds'] / n:.2f} |")
+        return
+    results = measure(args.workdir / f"n{args.samples}", args.samples, (112, 84), args.cpus)
+    print(table(args.samples, args.cpus, results))
+    (args.workdir / f"results-{args.samples}-{args.cpus}cpu.json").write_text(json.dumps(results, default=str))
+
+
+if __name__ == "__main__":
+    main()
