@@ -19,14 +19,15 @@ without running anything. The ``downstream`` column is that upper bound.
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 from ruamel.yaml import YAML
 
+from llava_ov.code_digest import import_closure
 from tests.project import copy_project, git, run, stages_that_would_run
-from tests.stage_imports import covered, import_closure, stage_module
 
 PACKS = ["pack@stage1", "pack@stage1_5", "pack@stage2"]
 TRAINS = ["train@stage1", "train@stage1_5", "train@stage2"]
@@ -203,6 +204,19 @@ def test_every_stage_is_covered_by_the_table():
     assert set().union(*map(set, rows)) == lock_names
 
 
+def stage_module(cmd: str) -> str:
+    """The module a stage command runs: ``python -m stages.pack x`` and ``torchrun ... -m stages.train x``."""
+    match = re.search(r"(?:^|\s)-m\s+(stages\.\w+)", cmd)
+    if not match:
+        raise ValueError(f"stage command {cmd!r} does not run a `-m stages.<name>` module")
+    return match.group(1)
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    """Whether a declared dep (the file itself or a folder holding it) covers ``path``."""
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
 def _resolved_stages(root: Path) -> list[tuple[str, str, list[str]]]:
     """(name, cmd, deps as written) of every stage, with DVC's own resolution of foreach/${...}."""
     from dvc.repo import Repo
@@ -216,7 +230,7 @@ def test_declared_code_deps_match_imports(placeholder_graph):
     every declared code dep is imported (or, for a folder, holds data files such as the eval task specs).
 
     A missing dep is a correctness bug (edit the module and DVC keeps the stale artifact); a needless one reruns
-    a stage for nothing. See tests/stage_imports.py for what counts as an import."""
+    a stage for nothing. See llava_ov/code_digest.py for what counts as an import."""
     root = placeholder_graph
     problems = []
     for name, cmd, deps in _resolved_stages(root):

@@ -1,22 +1,29 @@
-"""Which project source files a stage script really runs: its imports, walked transitively within the project.
+"""Which project source files a module really runs, and one digest over them: the code part of a cache key.
 
-DVC reruns a stage only when a file listed in its ``deps:`` changes, so a library module that a stage imports but
-does not list is a correctness bug (edit it, and the stage's artifact silently goes stale), and a module listed but
-never imported is a needless rerun. The walk is static (``ast``): it sees every ``import`` statement in a file,
-including ones inside functions (lazy imports run too), and follows only modules of this project.
+A cache whose key names its code by a hand-written list of files goes stale the day a result starts to depend on a
+module outside the list (an answer normaliser, the system prompt). Here the list is derived: the module's imports,
+walked transitively within the project. The same walk checks that every DVC stage declares as ``deps:`` exactly the
+modules its script imports (``tests/test_incremental.py``), since DVC reruns a stage only when a listed file changes.
 
-Package ``__init__.py`` files run whenever a submodule is imported. One whose body is only a docstring cannot
-change what a stage computes, so it is left out; one with code (``llava_ov/__init__.py`` holds the version that
-every ``artifact.json`` records, ``llava_ov/model/__init__.py`` imports the model) counts like any module.
+The walk is static (``ast``): it sees every ``import`` statement in a file, including ones inside functions (lazy
+imports run too), and follows only modules of this project. Package ``__init__.py`` files run whenever a submodule
+is imported. One whose body is only a docstring cannot change what a stage computes, so it is left out; one with
+code (``llava_ov/__init__.py`` holds the version that every ``artifact.json`` records) counts like any module.
 """
 
 from __future__ import annotations
 
 import ast
-import re
+from functools import lru_cache
+from importlib.metadata import version
 from pathlib import Path
 
+import xxhash
+
 PACKAGES = ("llava_ov", "stages")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Third-party code whose upgrade can change a cached number: tokenisation, image decoding, the model's kernels.
+NUMERIC_LIBRARIES = ("numpy", "pillow", "tokenizers", "torch", "transformers")
 
 
 def module_file(root: Path, name: str) -> Path | None:
@@ -83,14 +90,19 @@ def import_closure(root: Path, module: str) -> set[str]:
     return files
 
 
-def stage_module(cmd: str) -> str:
-    """The module a stage command runs: ``python -m stages.pack x`` and ``torchrun ... -m stages.train x``."""
-    match = re.search(r"(?:^|\s)-m\s+(stages\.\w+)", cmd)
-    if not match:
-        raise ValueError(f"stage command {cmd!r} does not run a `-m stages.<name>` module")
-    return match.group(1)
+@lru_cache(maxsize=1)
+def _library_versions() -> tuple[tuple[str, str], ...]:
+    return tuple((name, version(name)) for name in NUMERIC_LIBRARIES)
 
 
-def covered(path: str, deps: list[str]) -> bool:
-    """Whether a declared dep (the file itself or a folder holding it) covers ``path``."""
-    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+def code_digest(*modules: str, root: Path | None = None) -> str:
+    """xxh3-128 over every project file that importing ``modules`` runs (sorted paths, sizes and bytes) and the
+    versions of :data:`NUMERIC_LIBRARIES`: any edit to code a result depends on gives another digest."""
+    root = root or PROJECT_ROOT
+    h = xxhash.xxh3_128()
+    for rel in sorted(set().union(*(import_closure(root, m) for m in modules))):
+        data = (root / rel).read_bytes()
+        h.update(rel.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+    for name, ver in _library_versions():
+        h.update(f"{name}=={ver}\0".encode())
+    return h.hexdigest()
