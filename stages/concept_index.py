@@ -1,68 +1,39 @@
-"""DVC stage `concept_index`: fp16 embeddings and top-k concepts of every image of the mid-training pool.
+"""DVC stage `concept_index`: top-k concepts (and optionally fp16 embeddings) of every image of the mid pool.
 
-Results are cached per source shard under ``cache/concept_index/`` keyed by (encoder digest, shard digest, k), so
-adding a source shard embeds only that shard.
+The map over source shards runs on the engine, one worker per GPU (or CPU slot), each part cached by content under
+``cache/concept_index/`` (llava_ov/concepts/shard_index.py), so adding a shard computes only that shard.
 """
 
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
-
-from llava_ov.artifacts import ArtifactWriter, digest_file, digest_json, open_artifact, write_json
-from llava_ov.concepts.encoder import ImageTextEncoder
-from llava_ov.concepts.index import streaming_topk
-from llava_ov.data.reader import index, iter_samples, open_ingest
+from llava_ov.artifacts import ArtifactWriter, open_artifact, write_json
+from llava_ov.concepts.shard_index import index_shards, make_spec, shard_jobs, write_index
+from llava_ov.data.reader import open_ingest
+from llava_ov.engine import Engine
 from llava_ov.params import load_params
 
-KIND, SCHEMA = "concept_index", 1
+KIND, SCHEMA = "concept_index", 2
 CACHE = Path("cache/concept_index")
+POOLS = ("mid",)
 
 
 def main() -> None:
     params = load_params()
-    k = params["concepts"]["topk"]
-    torch.set_num_threads(2)
+    cfg = params["concepts"]
     t0 = time.perf_counter()
     ingest = open_ingest()
     enc_art = open_artifact("artifacts/concept_encoder", "concept_encoder", 1)
-    encoder = ImageTextEncoder.load(enc_art / "encoder")
-    concepts = np.load(enc_art / "concept_embeddings.npy")
-    rows, embeddings, ids, sims, reused = [], [], [], [], 0
-    for shard in sorted({r["shard"] for r in index(ingest, ("mid",))}):
-        key = digest_json([enc_art.digest, digest_file(ingest.path / shard), k])
-        cached = CACHE / f"{key}.npz"
-        if cached.exists():
-            part = np.load(cached)
-            reused += 1
-        else:
-            samples = list(iter_samples(ingest, ("mid",), shards=(shard,)))
-            emb = encoder.embed_images([images[0] for _, _, images in samples])
-            top_ids, top_sims = streaming_topk(emb, concepts, k)
-            part = {"sample_id": np.array([r["sample_id"] for r, _, _ in samples]), "emb": emb.astype(np.float16),
-                    "ids": top_ids, "sims": top_sims}
-            CACHE.mkdir(parents=True, exist_ok=True)
-            np.savez(cached, **part)
-        embeddings.append(part["emb"])
-        ids.append(part["ids"])
-        sims.append(part["sims"])
-        rows += part["sample_id"].tolist()
-    meta = {r["sample_id"]: r for r in index(ingest, ("mid",))}
-    ids, sims = np.concatenate(ids), np.concatenate(sims)
-    with ArtifactWriter("artifacts/concept_index", KIND, SCHEMA, params={"concepts.topk": k},
+    spec = make_spec(enc_art, cfg["topk"], cfg["index"], CACHE)
+    jobs = shard_jobs(ingest, POOLS)
+    results = index_shards(Engine.from_params(params), spec, jobs)
+    with ArtifactWriter("artifacts/concept_index", KIND, SCHEMA,
+                        params={"concepts.topk": cfg["topk"], "concepts.index": cfg["index"]},
                         inputs={"ingest": ingest, "concept_encoder": enc_art}) as w:
-        np.save(w.dir / "image_embeddings.npy", np.concatenate(embeddings))
-        pq.write_table(pa.table({"sample_id": rows, "source": [meta[s]["source"] for s in rows],
-                                 "shard": [meta[s]["shard"] for s in rows], "key": [meta[s]["key"] for s in rows],
-                                 "concepts": pa.array(ids.tolist(), pa.list_(pa.int32())),
-                                 "similarities": pa.array(sims.tolist(), pa.list_(pa.float32()))}),
-                       w.dir / "index.parquet", compression="zstd")
-        w.stats.update(images=len(rows), concepts=len(concepts), topk=k)
-    metrics = {"images": len(rows), "concepts": len(concepts), "topk": k,
-               "recall_at_5": enc_art.stats["recall_at_5"], "shards_reused": reused,
+        stats = write_index(jobs, results, w.dir, spec.embeddings)
+        w.stats.update(stats, concepts=spec.n_concepts, topk=spec.k)
+    metrics = {**stats, "concepts": spec.n_concepts, "topk": spec.k, "recall_at_5": enc_art.stats["recall_at_5"],
+               "worker_start_seconds": round(max((r.worker_start for r in results), default=0.0), 2),
                "seconds": round(time.perf_counter() - t0, 2)}
     write_json("metrics/concept_index.json", metrics)
     print(f"concept_index: {metrics}")

@@ -1,0 +1,158 @@
+"""concept_index on the engine, on CPU: Ray workers give the local run's bytes, unchanged shards are cache hits,
+unreadable images are counted rejections; and the stage scripts end to end on a small pool."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import xxhash
+from PIL import Image
+from transformers import CLIPConfig, CLIPModel
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from llava_ov.artifacts import ArtifactWriter, digest_dir, open_artifact
+from llava_ov.concepts.encoder import ImageTextEncoder
+from llava_ov.concepts.shard_index import index_shards, make_spec, shard_jobs, write_index
+from llava_ov.data.ingest import INDEX_SCHEMA, build_embedded
+from llava_ov.data.shards import ShardWriter
+from llava_ov.engine import Engine
+from llava_ov.text.tokenizer import train_bpe
+from tests.project import copy_project, run
+from tests.test_incremental import set_param
+
+INDEX_CFG = {"dtype": "float32", "batch": 4, "embeddings": True}
+BAD = {"notimage": b"this is not an image", "truncated": None}  # key -> image bytes (None: a cut-off PNG)
+
+
+def _ingest(root: Path) -> Path:
+    """An ingest artifact whose mid pool is 4 shards of emoji plus one hand-written shard holding two images the
+    processor cannot read (ingest would have rejected them; a released shard validated by older rules might not)."""
+    with ArtifactWriter(root / "artifacts/ingest", "ingest", 1) as w:
+        build_embedded({"sources": {"emoji": {"mid": 16}}, "shard_max_bytes": 12_000}, 0, w.dir)
+        rows = pq.read_table(w.dir / "index.parquet").to_pylist()
+        good = next(r for r in rows if r["pool"] == "mid")
+        with ShardWriter(w.dir / "mid", "mid-bad") as writer:
+            for key, data in BAD.items():
+                data = data if data is not None else _cut_png()
+                meta = {"id": key, "source": "emoji", "messages": [{"role": "user", "content": "<image>"},
+                                                                     {"role": "assistant", "content": "A thing."}]}
+                writer.write(key, {"json": json.dumps(meta).encode(), "0.png": data})
+                rows.append({**good, "sample_id": xxhash.xxh3_64_hexdigest(key.encode()), "key": key,
+                             "shard": "mid/mid-bad-000000.tar"})
+        pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), w.dir / "index.parquet", compression="zstd")
+    return root / "artifacts/ingest"
+
+
+def _cut_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buf, "PNG")
+    return buf.getvalue()[:60]
+
+
+def _encoder(root: Path) -> Path:
+    """A random-weight tiny CLIP and 20 random unit concepts as a concept_encoder artifact."""
+    tok = train_bpe(["a bar chart with bars"] * 10, 300)
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16),
+                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, image_size=28, patch_size=14), projection_dim=32)
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    x = np.random.default_rng(0).standard_normal((20, 32))
+    with ArtifactWriter(root / "artifacts/concept_encoder", "concept_encoder", 1) as w:
+        ImageTextEncoder(CLIPModel(config), tok, processor, 16).save(w.dir / "encoder")
+        np.save(w.dir / "concept_embeddings.npy", (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16))
+        w.stats["recall_at_5"] = 0.0
+    return root / "artifacts/concept_encoder"
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("concepts")
+    _ingest(root)
+    _encoder(root)
+    return root
+
+
+def _run(root: Path, engine: Engine, cache: Path, out: Path, jobs=None) -> tuple[dict, list]:
+    ingest = open_artifact(root / "artifacts/ingest", "ingest", 1)
+    spec = make_spec(open_artifact(root / "artifacts/concept_encoder", "concept_encoder", 1), 3, INDEX_CFG, cache)
+    jobs = jobs if jobs is not None else shard_jobs(ingest, ("mid",))
+    results = index_shards(engine, spec, jobs)
+    out.mkdir(parents=True)
+    return write_index(jobs, results, out, spec.embeddings), results
+
+
+def test_two_ray_workers_give_the_local_bytes(pool, tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    local, _ = _run(pool, Engine(executor="local", cpus=1), tmp_path / "c1", tmp_path / "local")
+    on_ray, results = _run(pool, Engine(executor="ray", cpus=2), tmp_path / "c2", tmp_path / "ray")
+    assert local == on_ray and local["shards"] >= 4 and not any(r.reused for r in results)
+    assert digest_dir(tmp_path / "local") == digest_dir(tmp_path / "ray")
+    emb = np.load(tmp_path / "ray" / "image_embeddings.npy")
+    table = pq.read_table(tmp_path / "ray" / "index.parquet")
+    assert emb.shape == (local["images"], 32) and table.num_rows == local["images"]
+    assert table["shard"].to_pylist() == sorted(table["shard"].to_pylist())  # merged in sorted shard order
+
+
+def test_unchanged_shards_are_cache_hits_and_a_new_shard_computes_alone(pool, tmp_path):
+    ingest = open_artifact(pool / "artifacts/ingest", "ingest", 1)
+    jobs = shard_jobs(ingest, ("mid",))
+    engine = Engine(executor="local", cpus=1)
+    _, first = _run(pool, engine, tmp_path / "cache", tmp_path / "a", jobs[:-1])
+    stats, again = _run(pool, engine, tmp_path / "cache", tmp_path / "b", jobs)
+    assert [r.reused for r in first] == [False] * (len(jobs) - 1)
+    assert [r.reused for r in again] == [True] * (len(jobs) - 1) + [False]
+    full, _ = _run(pool, engine, tmp_path / "fresh", tmp_path / "c", jobs)
+    assert digest_dir(tmp_path / "b") == digest_dir(tmp_path / "c") and stats == {**full, "shards_reused": len(jobs) - 1}
+
+
+def test_a_changed_key_is_a_miss(pool, tmp_path):
+    """Anything in the spec's key (encoder, concepts, k, dtype, batch, the code digest) misses the old parts."""
+    ingest = open_artifact(pool / "artifacts/ingest", "ingest", 1)
+    enc = open_artifact(pool / "artifacts/concept_encoder", "concept_encoder", 1)
+    jobs = shard_jobs(ingest, ("mid",))[:1]
+    spec = make_spec(enc, 3, INDEX_CFG, tmp_path)
+    engine = Engine(executor="local", cpus=1)
+    assert not index_shards(engine, spec, jobs)[0].reused
+    assert index_shards(engine, spec, jobs)[0].reused
+    assert not index_shards(engine, replace(spec, key=spec.key + "-edited code"), jobs)[0].reused
+    assert make_spec(enc, 3, {**INDEX_CFG, "batch": 8}, tmp_path).key != spec.key
+
+
+def test_unreadable_images_are_counted_rejections(pool, tmp_path):
+    stats, results = _run(pool, Engine(executor="local", cpus=1), tmp_path / "cache", tmp_path / "out")
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert stats["rejected"] == 2 and stats["reject_reasons"] == {"unreadable image": 2}
+    assert all(r["source"] == "emoji" and r["reason"].startswith("unreadable image (") and " at 0x" not in r["reason"]
+               for r in rejects)
+    index = pq.read_table(pool / "artifacts/ingest/index.parquet").to_pylist()
+    assert stats["images"] + stats["rejected"] == sum(r["pool"] == "mid" for r in index)  # in = kept + rejected
+    assert sum(r.rejected for r in results) == 2
+
+
+def test_stages_end_to_end(pool, tmp_path):
+    """stages.concept_index then stages.balance in a project copy (local executor, as `engine` is no DVC param)."""
+    root = copy_project(tmp_path / "project")
+    for name in ("ingest", "concept_encoder"):
+        art = pool / "artifacts" / name
+        (root / "artifacts" / name).symlink_to(art, target_is_directory=True)
+    set_param(root, "engine.executor", "local")
+    set_param(root, "balance.target", 6)
+    run(["python", "-m", "stages.concept_index"], root)
+    run(["python", "-m", "stages.balance"], root)
+    index = json.loads((root / "metrics/concept_index.json").read_text())
+    balance = json.loads((root / "metrics/balance.json").read_text())
+    assert index["images"] == 16 and index["rejected"] == 2 and index["topk"] == 5
+    manifest = pq.read_table(root / "artifacts/balance/manifest.parquet")
+    assert manifest.num_rows == balance["pool"] == 16 and manifest.column_names == [
+        "sample_id", "source", "shard", "key", "concepts", "weight", "selected"]
+    assert balance["selected"] == int(np.sum(manifest["selected"].to_numpy())) > 0
