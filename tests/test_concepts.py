@@ -45,6 +45,15 @@ def test_topk_equals_brute_force_and_orders_ties_by_id():
     concepts[[612, 7]] = images[0]  # two exact best matches, in different concept blocks
     ids, _ = topk_concepts(torch.from_numpy(images[:1]), torch.from_numpy(concepts), 3, concept_block=97)
     assert ids[0, :2].tolist() == [7, 612]
+    concepts[[900, 40, 333, 41, 700]] = -images[1]  # five equal candidates for the last two places: the lowest ids
+    concepts[[5, 6, 8]] = images[1]
+    for block in (2, 97, 1000):
+        ids, sims = topk_concepts(torch.from_numpy(-images[1:2]), torch.from_numpy(concepts), 5, concept_block=block)
+        assert ids[0].tolist() == [40, 41, 333, 700, 900] and np.allclose(sims[0], 1.0)
+        ids, sims = topk_concepts(torch.from_numpy(images[1:2]), torch.from_numpy(concepts), 5, concept_block=block)
+        assert ids[0, :3].tolist() == [5, 6, 8] and sims[0, 2] > sims[0, 3]
+    flipped = topk_concepts(torch.from_numpy(images[2:3]), torch.from_numpy(-concepts), 3)[0][0]
+    assert np.array_equal(flipped, np.argsort(images[2] @ concepts.T, kind="stable")[:3])  # negative similarities
     with pytest.raises(ValueError, match="k must be in"):
         topk_concepts(torch.from_numpy(images), torch.from_numpy(concepts[:3]), 5)
 

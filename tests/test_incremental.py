@@ -53,7 +53,12 @@ PARAM_CHANGES = [
     ("stage0.tolerance", 0.001, ["stage0"]),
     ("concepts.encoder.epochs", 3, ["concept_encoder"]),
     ("concepts.vocabulary.wordnet_limit", 20000, ["concept_encoder"]),
+    ("concepts.encoder.recall_sample", 1000, ["concept_encoder"]),
     ("concepts.topk", 4, ["concept_index"]),
+    ("concepts.index.dtype", "bfloat16", ["concept_index"]),
+    ("concepts.index.batch", 512, ["concept_index"]),
+    ("engine.executor", "local", []),  # where shard tasks run, never what they compute: no stage's param
+    ("engine.cpus", 8, []),
     ("balance.mix.emoji", 2.0, ["balance"]),
     ("balance.method", "metaclip_threshold", ["balance"]),
     ("balance.target", 3000, ["balance"]),
@@ -71,6 +76,9 @@ PARAM_CHANGES = [
 FILE_CHANGES = [
     ("llava_ov/concepts/balance.py", ["balance"]),
     ("llava_ov/concepts/index.py", ["concept_encoder", "concept_index"]),
+    ("llava_ov/concepts/draws.py", ["concept_encoder", "concept_index", "balance"]),
+    ("llava_ov/concepts/shard_index.py", ["concept_index"]),
+    ("llava_ov/engine.py", ["concept_index"]),
     ("llava_ov/eval/scoring.py", EVALS),
     ("llava_ov/eval/tasks/easyvqa.yaml", EVALS),
     ("llava_ov/eval/report.py", ["report"]),
