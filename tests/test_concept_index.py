@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from llava_ov.artifacts import ArtifactWriter, digest_dir, open_artifact
 from llava_ov.concepts.encoder import ImageTextEncoder
-from llava_ov.concepts.shard_index import index_shards, make_spec, shard_jobs, write_index
+from llava_ov.actors import Slot, plan_slots
+from llava_ov.concepts.pool import shard_rows
+from llava_ov.concepts.shard_index import ShardIndexer, index_shards, make_spec, shard_jobs, write_index
 from llava_ov.data.ingest import INDEX_SCHEMA, build_embedded
 from llava_ov.data.shards import ShardWriter
 from llava_ov.engine import Engine
@@ -91,6 +94,13 @@ def _run(root: Path, engine: Engine, cache: Path, out: Path, jobs=None) -> tuple
     return write_index(jobs, results, out, spec.embeddings), results
 
 
+def test_one_worker_per_gpu_else_per_cpu_never_more_than_items():
+    assert plan_slots({"CPU": 16.0, "GPU": 8.0}, 1000) == (8, Slot(cpus=2, gpu=True))
+    assert plan_slots({"CPU": 2.0}, 7) == (2, Slot(cpus=1, gpu=False))
+    assert plan_slots({"CPU": 2.0}, 1) == (1, Slot(cpus=2, gpu=False))  # the default's one shard gets both cores
+    assert plan_slots({"CPU": 16.0, "GPU": 8.0}, 3) == (3, Slot(cpus=5, gpu=True))
+
+
 def test_two_ray_workers_give_the_local_bytes(pool, tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     local, _ = _run(pool, Engine(executor="local", cpus=1), tmp_path / "c1", tmp_path / "local")
@@ -126,6 +136,22 @@ def test_a_changed_key_is_a_miss(pool, tmp_path):
     assert index_shards(engine, spec, jobs)[0].reused
     assert not index_shards(engine, replace(spec, key=spec.key + "-edited code"), jobs)[0].reused
     assert make_spec(enc, 3, {**INDEX_CFG, "batch": 8}, tmp_path).key != spec.key
+
+
+def test_preprocessing_threads_a_batch_ahead_give_the_same_part(pool, tmp_path):
+    """The GPU worker's thread pool (preprocessing batch i+1 while the device runs batch i), exercised on CPU."""
+    ingest = open_artifact(pool / "artifacts/ingest", "ingest", 1)
+    spec = make_spec(open_artifact(pool / "artifacts/concept_encoder", "concept_encoder", 1), 3,
+                     {**INDEX_CFG, "batch": 1}, tmp_path)
+    jobs = shard_jobs(ingest, ("mid",))
+    job = max(jobs, key=lambda j: Path(j.path).stat().st_size)  # the one with most samples: several batches
+    worker = ShardIndexer(spec, Slot(cpus=1, gpu=False))
+    rows = shard_rows(Path(job.index), job.pools, job.shard, ["sample_id", "key", "source"]).to_pydict()
+    inline = worker._index(job, rows)
+    worker.pool = ThreadPoolExecutor(3)
+    threaded = worker._index(job, rows)
+    assert len(inline["sample_id"]) > spec.batch and inline.keys() == threaded.keys()
+    assert all(np.array_equal(inline[name], threaded[name]) for name in inline)
 
 
 def test_unreadable_images_are_counted_rejections(pool, tmp_path):

@@ -24,6 +24,7 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray] | np.ndarray) -> None:
                 np.savez(f, **arrays)
             else:
                 np.save(f, arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is shared like the artifacts
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -185,9 +185,10 @@ class ShardIndexer:
         for key, files in samples:
             chunk.append((row_of[key], first_image(files)))
             if len(chunk) == self.spec.batch:
+                started, chunk = self._start(chunk), []
                 if pending is not None:
                     yield from self._finish(pending, rejects)
-                pending, chunk = self._start(chunk), []
+                pending = started
         if pending is not None:
             yield from self._finish(pending, rejects)
         if chunk:
