@@ -182,3 +182,33 @@ def test_stages_end_to_end(pool, tmp_path):
     assert manifest.num_rows == balance["pool"] == 16 and manifest.column_names == [
         "sample_id", "source", "shard", "key", "concepts", "weight", "selected"]
     assert balance["selected"] == int(np.sum(manifest["selected"].to_numpy())) > 0
+
+
+def test_encoder_corpus_streams_only_the_shards_it_needs(pool, monkeypatch):
+    """Importing an encoder with a vocabulary file needs only the recall pairs: other shards are never opened."""
+    from llava_ov.concepts import corpus as corpus_mod
+
+    ingest = open_artifact(pool / "artifacts/ingest", "ingest", 1)
+    rows = [r for r in pq.read_table(pool / "artifacts/ingest/index.parquet").to_pylist() if r["pool"] == "mid"]
+    pick = rows[-3]
+    opened: list[str] = []
+    real = corpus_mod.shard_samples
+    monkeypatch.setattr(corpus_mod, "shard_samples",
+                        lambda path, keys: (opened.append(Path(path).name), real(path, keys))[1])
+    got = corpus_mod.read_corpus(ingest, ("mid",), 1000, {pick["sample_id"]}, pixels=None, words=False)
+    assert opened == [Path(pick["shard"]).name] and len(got.recall_pairs) == 1 and not got.pixels
+    encoder = ImageTextEncoder.load(pool / "artifacts/concept_encoder/encoder")
+    everything = corpus_mod.read_corpus(ingest, ("mid",), 0, set(), pixels=encoder.pixels, words=True)
+    assert len(everything.pixels) == len(everything.captions) == len(rows) - 2 and everything.unreadable == 2
+    assert "thing" in everything.words  # the unreadable samples' captions still count for the vocabulary
+
+
+def test_the_concept_matrix_is_cached_by_content(pool, tmp_path):
+    from llava_ov.concepts.concept_matrix import concept_matrix
+
+    encoder = ImageTextEncoder.load(pool / "artifacts/concept_encoder/encoder")
+    first, reused = concept_matrix(encoder, "digest-a", ["dog", "bar chart"], "A {}.", tmp_path)
+    again, hit = concept_matrix(encoder, "digest-a", ["dog", "bar chart"], "A {}.", tmp_path)
+    assert not reused and hit and np.array_equal(first, again) and first.dtype == np.float16
+    assert not concept_matrix(encoder, "digest-a", ["dog", "bar chart"], "{}", tmp_path)[1]  # another prompt
+    assert not concept_matrix(encoder, "digest-b", ["dog", "bar chart"], "A {}.", tmp_path)[1]  # another encoder

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from llava_ov.concepts.draws import id_hashes, uniform
 from llava_ov.concepts.encoder import ImageTextEncoder, UnreadableImage
@@ -46,7 +47,7 @@ def recall_at_5(encoder: ImageTextEncoder, pairs: list[tuple[str, bytes]], vocab
     scored = [(image, truth) for caption, image in pairs if (truth := caption_concepts(caption, vocab_ids))]
     matrix = torch.from_numpy(concepts).to(encoder.device, torch.float32)
     hits = n = unreadable = 0
-    for i in range(0, len(scored), batch):
+    for i in tqdm(range(0, len(scored), batch), desc="recall@5", unit="batch", leave=False):
         pixels, truths = [], []
         for image, truth in scored[i:i + batch]:
             try:

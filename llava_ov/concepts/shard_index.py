@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from tqdm import tqdm
 
 from llava_ov.actors import Slot, map_on_workers
 from llava_ov.artifacts import Artifact, digest_dir, digest_file, digest_json, write_jsonl
@@ -230,7 +231,7 @@ def write_index(jobs: list[ShardJob], results: list[ShardResult], out: Path, emb
     done = 0
     buffered: list[pa.Table] = []
     with pq.ParquetWriter(out / "index.parquet", INDEX_SCHEMA, compression="zstd") as writer:
-        for job, result in zip(jobs, results):
+        for job, result in tqdm(list(zip(jobs, results)), desc="concept_index: merge", unit="shard", mininterval=1.0):
             with np.load(result.part) as part:
                 n, k = part["ids"].shape
                 offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
