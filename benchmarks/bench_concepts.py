@@ -44,6 +44,7 @@ from llava_ov.concepts.balance import report, select
 from llava_ov.concepts.encoder import ImageTextEncoder
 from llava_ov.concepts.index import topk_concepts
 from llava_ov.concepts.shard_index import IndexSpec, ShardIndexer
+from llava_ov.shard_cache import ShardCache
 from llava_ov.text.tokenizer import train_bpe
 
 PEAK_BF16 = 989e12  # H100/H200 SXM dense bf16 (published)
@@ -164,7 +165,7 @@ def bench_startup(encoder: ImageTextEncoder, shape: str, device: str, dtype: str
         x = np.random.default_rng(0).standard_normal((concepts, encoder.model.config.projection_dim), np.float32)
         np.save(matrix, x.astype(np.float16))
         spec = IndexSpec(encoder=str(folder), concepts=str(matrix), k=5, dtype=dtype, batch=256, embeddings=False,
-                         cache=tmp, key="bench", n_concepts=concepts)
+                         n_concepts=concepts, cache=ShardCache(Path(tmp), code="bench", suffix=".npz"))
         t0 = time.perf_counter()
         ShardIndexer(spec, Slot(cpus=cpus, gpu=device == "cuda"))
         secs = time.perf_counter() - t0

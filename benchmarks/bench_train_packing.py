@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from llava_ov.artifacts import open_artifact
-from llava_ov.packing.loader import collate, load_packs
+from llava_ov.packing.loader import PackIndex, collate
 from llava_ov.params import section
 from llava_ov.text.tokenizer import special_ids
 from llava_ov.train.distributed import init, shutdown
@@ -72,13 +72,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     init_dir = Path("artifacts/stage0")
-    packs_art = open_artifact("artifacts/pack_stage2", "pack", 1)
+    packs_art = open_artifact("artifacts/pack_stage2", "pack", 2)
     processor = ImageProcessor.load(init_dir)
     from transformers import AutoTokenizer
 
     ids = special_ids(AutoTokenizer.from_pretrained(init_dir))
     pad_id = ids["<|endoftext|>"]
-    packs = load_packs(packs_art)[:args.packs]
+    index = PackIndex.of(packs_art)
+    packs = [index.read(i) for i in range(min(args.packs, len(index)))]
     capacity = int(packs_art.stats["capacity"])
     samples = [s for p in packs for s in split_pack(p, ids["<|vision_start|>"])]
     mb = args.micro_batch

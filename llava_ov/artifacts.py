@@ -3,7 +3,9 @@
 Every stage output is a folder with an ``artifact.json`` that says what it is (``kind``, ``schema``), what it
 was built from (``inputs`` digests, ``params`` read, ``code`` version) and a ``digest`` of its content. The
 folder is written under a temporary name beside its target and renamed into place only when complete, so a
-killed stage never leaves a half artifact that a later stage could read.
+killed stage never leaves a half artifact that a later stage could read. The temporary's name records its writer
+(pid and a hash of the host name), so the next run of the same stage can remove what a killed writer left (a
+``kill -9`` runs no clean-up) without ever touching a folder that a running writer still fills.
 
 The digest is xxh3-128 over the sorted relative paths and bytes of every file except ``artifact.json``: it
 does not depend on timestamps, on the order files were written or on the machine.
@@ -13,7 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +30,9 @@ from llava_ov import __version__
 
 META_NAME = "artifact.json"
 _CHUNK = 1 << 22
+_HOST = xxhash.xxh32_hexdigest(socket.gethostname().encode())
+# .tmp-<artifact>-<pid>-<host>-<random> (being written) and .old-<artifact>-<pid>-<host>-<random> (being replaced)
+_LEFTOVER = re.compile(r"\.(?:tmp|old)-(?P<artifact>.+)-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[0-9a-z_]+")
 
 
 class ArtifactError(RuntimeError):
@@ -45,17 +53,30 @@ def _files(root: Path) -> list[str]:
 
 def digest_dir(root: Path | str) -> str:
     """xxh3-128 hex digest over the sorted relative paths and contents of a folder's files."""
+    return digest_tree(root)[0]
+
+
+def digest_tree(root: Path | str) -> tuple[str, dict[str, str]]:
+    """The folder digest of :func:`digest_dir` and every file's own xxh3-128, in one read of each file.
+
+    The per-file digests go into ``artifact.json`` (``file_digests``), so a stage that caches work per shard of
+    an upstream artifact keys it by that shard's content without reading the shard again.
+    """
     root = Path(root)
     h = xxhash.xxh3_128()
+    files = {}
     for rel in _files(root):
         data_path = root / rel
         h.update(rel.encode())
         h.update(b"\0")
         h.update(data_path.stat().st_size.to_bytes(8, "little"))
+        own = xxhash.xxh3_128()
         with open(data_path, "rb") as f:
             while chunk := f.read(_CHUNK):
                 h.update(chunk)
-    return h.hexdigest()
+                own.update(chunk)
+        files[rel] = own.hexdigest()
+    return h.hexdigest(), files
 
 
 def digest_file(path: Path | str) -> str:
@@ -102,6 +123,14 @@ class Artifact:
     def stats(self) -> dict:
         return self.meta.get("stats", {})
 
+    def file_digest(self, rel: str) -> str:
+        """xxh3-128 of one file of the artifact, as recorded when it was written."""
+        try:
+            return self.meta["file_digests"][rel]
+        except KeyError:
+            raise ArtifactError(f"artifact {self.path} records no digest for {rel!r}: it was written before "
+                                f"per-file digests existed or has no such file; rebuild it (dvc repro)") from None
+
     def __truediv__(self, rel: str) -> Path:
         return self.path / rel
 
@@ -141,6 +170,64 @@ def open_artifact(path: Path | str, kind: str, schema: int, verify: bool = False
     return Artifact(path=path, meta=meta)
 
 
+def owner_tag() -> str:
+    """``<pid>-<host hash>`` of this process: written into the names of its temporaries."""
+    return f"{os.getpid()}-{_HOST}"
+
+
+def writer_alive(pid: int, host: str) -> bool:
+    """Whether the process that owns a temporary may still be running. Another host's pid says nothing here, so
+    its writers count as alive; a reused pid keeps a dead writer's leftovers (the safe way to be wrong)."""
+    if host != _HOST:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A temporary (``.tmp-*``) or replaced (``.old-*``) folder beside the artifacts.
+
+    ``alive`` is True while its writer may still run, False once that writer is provably gone, and None when the
+    name records no writer (written by an older llava-ov).
+    """
+
+    path: Path
+    artifact: str
+    alive: bool | None
+
+
+def leftovers(folder: Path | str, artifact: str | None = None) -> list[Leftover]:
+    """The temporary and replaced folders in ``folder`` (only those of ``artifact`` if given), sorted by name."""
+    folder = Path(folder)
+    found = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not (path.name.startswith((".tmp-", ".old-")) and path.is_dir()):
+            continue
+        match = _LEFTOVER.fullmatch(path.name)
+        if match:
+            found.append(Leftover(path, match["artifact"], writer_alive(int(match["pid"]), match["host"])))
+        else:
+            found.append(Leftover(path, path.name[len(".tmp-"):].rpartition("-")[0], None))
+    return [lo for lo in found if artifact is None or lo.artifact == artifact]
+
+
+def _remove_stale(target: Path) -> None:
+    """Remove what killed writers of ``target`` left beside it; leave a running writer's and an unknown owner's."""
+    for lo in leftovers(target.parent, target.name):
+        if lo.alive is False:
+            shutil.rmtree(lo.path, ignore_errors=True)
+            print(f"{target}: removed {lo.path.name}, left by a writer that is no longer running", file=sys.stderr)
+        elif lo.alive is None:
+            print(f"{target}: {lo.path.name} records no writer (an older llava-ov); remove it with "
+                  f"`llava-ov verify --clean` when no stage is running", file=sys.stderr)
+
+
 @dataclass
 class ArtifactWriter:
     """Context manager that builds an artifact in a temporary folder and renames it into place on success.
@@ -165,7 +252,8 @@ class ArtifactWriter:
     def __enter__(self) -> "ArtifactWriter":
         self.target = Path(self.target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".tmp-{self.target.name}-"))
+        _remove_stale(self.target)
+        self.dir = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".tmp-{self.target.name}-{owner_tag()}-"))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -180,11 +268,13 @@ class ArtifactWriter:
 
     def _finish(self) -> None:
         files = {rel: (self.dir / rel).stat().st_size for rel in _files(self.dir)}
+        digest, file_digests = digest_tree(self.dir)
         meta = {
             "kind": self.kind,
             "schema": self.schema,
-            "digest": digest_dir(self.dir),
+            "digest": digest,
             "files": files,
+            "file_digests": file_digests,
             "inputs": {k: (v.digest if isinstance(v, Artifact) else v) for k, v in sorted(self.inputs.items())},
             "params": dict(self.params),
             "code": __version__,
@@ -193,7 +283,7 @@ class ArtifactWriter:
         write_json(self.dir / META_NAME, meta)
         os.chmod(self.dir, 0o755)  # mkdtemp creates 0700; artifacts are shared read-only data
         if self.target.exists():
-            old = self.target.with_name(f".old-{self.target.name}-{os.getpid()}")
+            old = self.dir.with_name(".old-" + self.dir.name[len(".tmp-"):])
             os.replace(self.target, old)
             os.replace(self.dir, self.target)
             shutil.rmtree(old, ignore_errors=True)

@@ -9,10 +9,11 @@ import click
 
 from llava_ov import params as params_mod
 from llava_ov import experiments
-from llava_ov.artifacts import digest_dir
+from llava_ov import remote as remote_mod
 from llava_ov.plan import PEAK_FLOPS, compare_published, epochs_for_steps, format_table, stage_cost
 from llava_ov.plan_inputs import StageData, built_stage_data, model_shapes, training_setup
 from llava_ov.train.policy import STAGES
+from llava_ov.verify import verify as verify_artifacts
 
 
 @click.group()
@@ -31,18 +32,20 @@ def profile(name: str) -> None:
     click.echo(f"params.yaml now holds profile {name!r}; run `dvc status` to see what it invalidates")
 
 
-@main.command()
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def verify(path: Path) -> None:
-    """Recompute an artifact's digest and compare it with its artifact.json."""
-    meta_path = path / "artifact.json"
-    if not meta_path.exists():
-        raise click.ClickException(f"{path} has no artifact.json")
-    meta = json.loads(meta_path.read_text())
-    actual = digest_dir(path)
-    if actual != meta.get("digest"):
-        raise click.ClickException(f"{path}: digest {actual} != recorded {meta.get('digest')}")
-    click.echo(f"{path}: {meta['kind']} schema {meta['schema']} digest {actual} OK")
+@main.command("verify")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--digests", is_flag=True, help="also recompute every content digest (reads every byte)")
+@click.option("--clean", is_flag=True, help="remove the leftovers whose writer is not running")
+def verify_cmd(paths: tuple[Path, ...], digests: bool, clean: bool) -> None:
+    """Check artifacts and list what killed stages left beside them (.tmp-*, .old-* folders).
+
+    PATHS are artifact folders or folders of artifacts [default: artifacts/]. Exits 1 if anything is wrong.
+    """
+    report = verify_artifacts(list(paths) or [params_mod.project_root() / "artifacts"], digests, clean)
+    for line in report.ok + report.removed + report.problems:
+        click.echo(line)
+    if report.problems:
+        raise SystemExit(1)
 
 
 @main.command()
@@ -61,7 +64,7 @@ def verify(path: Path) -> None:
 @click.option("--utilisation", "--utilization", "utilisation", type=float, default=0.45, show_default=True,
               help="hardware FLOPs utilisation (the report claims 45% at 8K context)")
 @click.option("--recompute/--no-recompute", default=True, show_default=True, help="full activation recompute")
-@click.option("--model", type=click.Choice(["tiny", "4b", "8b"]), help="model shapes [default: the profile's]")
+@click.option("--model", help="a model size of the family registry (4b, 8b, 1.7b, tiny) [default: the profile's]")
 def plan(stages: tuple[str, ...], samples: float | None, text_tokens: float | None, image_tokens: float | None,
          seq_len: int | None, fill: float | None, epochs: float, params_steps: bool, gpus: int | None,
          accelerator: str, utilisation: float, recompute: bool, model: str | None) -> None:
@@ -147,6 +150,24 @@ def compare(metrics: tuple[str, ...], params: tuple[str, ...], workspace: bool, 
     if metrics and not metric_keys:
         raise click.ClickException(f"no metric matches {list(metrics)}; keys look like 'balance:coverage_after'")
     click.echo(experiments.format_comparison(cols, experiments.changed_params(cols, params), metric_keys))
+
+
+@main.group()
+def remote() -> None:
+    """DVC remotes: diagnose what `dvc push`/`dvc pull` would hit."""
+
+
+@remote.command("check")
+@click.argument("name", required=False)
+@click.option("--read-only", is_flag=True, help="do not write and delete the probe object (pull-only credentials)")
+def remote_check(name: str | None, read_only: bool) -> None:
+    """Probe remote NAME (default: the default remote) as `dvc push` would: credentials, endpoint, bucket, read and
+    write. On failure prints one line naming the remote, the problem and the fix, and exits 1."""
+    try:
+        lines = remote_mod.check_remote(params_mod.project_root(), name, write=not read_only)
+    except remote_mod.RemoteProblem as e:
+        raise click.ClickException(str(e)) from e
+    click.echo("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from llava_ov.params import parse_yaml
+
 # What a data-mix sweep is judged by: what balance selected, how training went, what the checkpoints score.
 DEFAULT_METRICS = (
     "balance:selected", "balance:coverage_after", "balance:tail_share_after",
@@ -142,8 +144,6 @@ def stale_metric_files(lock: dict, params: dict[str, Any]) -> set[str]:
 def mark_stale(root: Path, cols: list[Column]) -> None:
     """Set ``stale`` on each column from its own ``dvc.lock`` (``git show REV:dvc.lock``; the file for the
     workspace). A column whose lock cannot be read keeps ``None``."""
-    from ruamel.yaml import YAML  # YAML 1.2 like DVC: `1e-05` is a float
-
     for col in cols:
         if col.full_rev == "workspace":
             path = root / "dvc.lock"
@@ -153,7 +153,7 @@ def mark_stale(root: Path, cols: list[Column]) -> None:
                                   text=True)
             text = proc.stdout if proc.returncode == 0 else None
         if text is not None:
-            col.stale = stale_metric_files(YAML(typ="safe", pure=True).load(text) or {}, col.params)
+            col.stale = stale_metric_files(parse_yaml(text), col.params)
 
 
 def _cell(value: Any) -> str:

@@ -1,4 +1,8 @@
-"""Reading ``params.yaml`` and switching profiles.
+"""Reading ``params.yaml`` and switching profiles; every YAML file of the project is read here, as DVC reads it.
+
+DVC reads ``params.yaml`` as YAML 1.2 (ruamel.yaml's safe loader): ``1e-5`` is a float and ``yes`` a string. A
+YAML 1.1 reader (PyYAML) would see the string ``'1e-5'`` and the boolean ``true``, so a stage would not compute with
+the value DVC hashed. :func:`read_yaml` is the one reader for params, profile overlays, eval task specs and lock files.
 
 ``params.yaml`` is the embedded default profile (``tiny``). The other profiles (``smoke``, ``4b``, ``8b``) are
 overlays in ``profiles/<name>.yaml`` holding only the keys that differ. ``profiles/tiny.yaml`` holds the tiny
@@ -13,7 +17,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ruamel.yaml import YAML
 
 PARAMS_FILE = "params.yaml"
@@ -32,11 +35,19 @@ def project_root() -> Path:
     return here
 
 
+def parse_yaml(text: str) -> Any:
+    """YAML text as plain Python values, parsed like DVC parses params (YAML 1.2; an empty text is ``{}``)."""
+    return YAML(typ="safe").load(text) or {}
+
+
+def read_yaml(path: Path | str) -> Any:
+    """A YAML file as plain Python values (see :func:`parse_yaml`)."""
+    return parse_yaml(Path(path).read_text())
+
+
 def load_params(root: Path | None = None) -> dict:
     """The whole of ``params.yaml`` as a dict."""
-    root = root or project_root()
-    with open(root / PARAMS_FILE) as f:  # YAML 1.2 like DVC: `1e-05` is a float, as ruamel writes it
-        return YAML(typ="safe", pure=True).load(f) or {}
+    return read_yaml((root or project_root()) / PARAMS_FILE)
 
 
 def section(name: str, root: Path | None = None) -> dict:
@@ -45,17 +56,6 @@ def section(name: str, root: Path | None = None) -> dict:
     if name not in params:
         raise KeyError(f"{PARAMS_FILE} has no section {name!r}; sections: {sorted(params)}")
     return params[name]
-
-
-def deep_merge(base: dict, overlay: dict) -> dict:
-    """``base`` with ``overlay`` merged in recursively (mappings merge, anything else replaces)."""
-    out = copy.deepcopy(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def available_profiles(root: Path | None = None) -> list[str]:
@@ -70,21 +70,31 @@ def apply_profile(name: str, root: Path | None = None) -> dict:
     back to ``tiny`` restores the committed file byte for byte.
     """
     root = root or project_root()
-    overlay_path = root / PROFILES_DIR / f"{name}.yaml"
-    if not overlay_path.exists():
-        raise ValueError(f"unknown profile {name!r}; available: {available_profiles(root)}")
     rt = YAML()
     rt.width = 110
     rt.indent(mapping=2, sequence=4, offset=2)
     with open(root / PARAMS_FILE) as f:
         doc = rt.load(f)
     # Reset every profile-dependent key to tiny first, so profiles do not leak into each other.
-    for layer in (root / PROFILES_DIR / "tiny.yaml", overlay_path):
-        _merge_in_place(doc, yaml.safe_load(layer.read_text()) or {})
+    for layer in [read_yaml(root / PROFILES_DIR / "tiny.yaml"), *profile_layers(name, root)]:
+        _merge_in_place(doc, layer)
     doc["profile"] = name
     with open(root / PARAMS_FILE, "w") as f:
         rt.dump(doc, f)
     return load_params(root)
+
+
+def profile_layers(name: str, root: Path, seen: tuple[str, ...] = ()) -> list[dict]:
+    """The overlays a profile applies, base first: a profile may say ``extends: <profile>`` and hold only the keys
+    it changes (e.g. another base LLM on the 4b recipe)."""
+    path = root / PROFILES_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ValueError(f"unknown profile {name!r}; available: {available_profiles(root)}")
+    if name in seen:
+        raise ValueError(f"profiles extend each other in a cycle: {' -> '.join((*seen, name))}")
+    overlay = read_yaml(path)
+    base = overlay.pop("extends", None)
+    return [*(profile_layers(base, root, (*seen, name)) if base else []), overlay]
 
 
 def _merge_in_place(doc: dict, overlay: dict) -> None:
@@ -95,12 +105,3 @@ def _merge_in_place(doc: dict, overlay: dict) -> None:
         else:
             doc[key] = copy.deepcopy(value)
 
-
-def get(params: dict, dotted: str, default: Any = None) -> Any:
-    """Look up ``a.b.c`` in nested params."""
-    node: Any = params
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node

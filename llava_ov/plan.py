@@ -67,7 +67,7 @@ class LMShape:
 
     @classmethod
     def from_hf(cls, text: dict) -> "LMShape":
-        """From Qwen3 config keys (``num_hidden_layers``, ``hidden_size``, ...), as presets and params hold them."""
+        """From Qwen3 config keys (``num_hidden_layers``, ``hidden_size``, ...), as the family registry and params hold them."""
         return cls(layers=text["num_hidden_layers"], hidden=text["hidden_size"], ffn=text["intermediate_size"],
                    heads=text["num_attention_heads"], kv_heads=text["num_key_value_heads"],
                    head_dim=text["head_dim"], vocab=text["vocab_size"],

@@ -4,7 +4,8 @@ Data comes from the built artifacts when they exist (``artifacts/pack_<stage>/pl
 samples, ``artifacts/lengths/lengths.parquet`` their exact token counts, so means and pack fill are measured, not
 guessed); on the ``4b``/``8b`` profiles, where nothing is built yet, the caller passes the counts. Shapes come
 from the params that the base-model stages read: the tiny/smoke profiles pretrain the shapes in ``vit_base``/
-``llm_base``; the real profiles import published models, whose shapes are ``llava_ov.model.presets``.
+``llm_base``; the real profiles import base models of the size they name (``llm_base.size``), whose shapes are in
+the model-family registry (``llava_ov.model.family``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llava_ov.plan import LMShape, ViTShape
-
-REAL_MODELS = ("4b", "8b")
-
 
 @dataclass(frozen=True)
 class StageData:
@@ -40,22 +38,18 @@ class TrainingSetup:
 
 
 def model_shapes(params: dict, model: str | None = None) -> tuple[str, LMShape, ViTShape]:
-    """(name, LM, ViT) of ``model`` (a preset) or, by default, of the profile in ``params``."""
-    name = model or params.get("profile", "tiny")
-    if name in REAL_MODELS or model is not None:
-        from llava_ov.model.presets import PRESETS  # imports transformers: only for the presets
-
-        if name not in PRESETS:
-            raise ValueError(f"unknown model {name!r}; known presets: {sorted(PRESETS)}")
-        text, vision = PRESETS[name]["text"], PRESETS[name]["vision"]
-        return name, LMShape.from_hf(text), ViTShape.from_hf(vision, text["hidden_size"])
+    """(name, LM, ViT) of size ``model``, else of the profile's imported size, else of its pretrained shapes."""
     llm, vit = params["llm_base"], params["vit_base"]
-    if llm.get("source") != "pretrain" or vit.get("source") != "pretrain":
-        raise ValueError(f"profile {name!r} imports its base models ({llm.get('source')}, {vit.get('source')}): "
-                         f"name their shapes with --model ({', '.join(REAL_MODELS)})")
+    imported = llm.get("source") != "pretrain" or vit.get("source") != "pretrain"
+    if model is not None or imported:
+        from llava_ov.model.family import family  # imports transformers: only for the registry
+
+        name = model or llm["size"]
+        shape = family().size(name, "--model" if model else "llm_base.size")
+        return name, LMShape.from_hf(shape.text), ViTShape.from_hf(shape.vision, shape.text["hidden_size"])
     text = {**llm, "vocab_size": params["tokenizer"]["vocab_size"]}
     vision = {**vit, "patch_size": params["image"]["patch_size"], "spatial_merge_size": params["image"]["merge_size"]}
-    return name, LMShape.from_hf(text), ViTShape.from_hf(vision, llm["hidden_size"])
+    return params.get("profile", "tiny"), LMShape.from_hf(text), ViTShape.from_hf(vision, llm["hidden_size"])
 
 
 def training_setup(params: dict, stage: str, gpus: int) -> TrainingSetup:
@@ -80,7 +74,7 @@ def built_stage_data(root: Path, params: dict, stage: str) -> StageData | None:
 
     from llava_ov.artifacts import open_artifact
 
-    pack, lengths = open_artifact(pack_dir, "pack", 1), open_artifact(lengths_dir, "lengths", 1)
+    pack, lengths = open_artifact(pack_dir, "pack", 2), open_artifact(lengths_dir, "lengths", 2)
     plan = pq.read_table(pack / "plan.parquet", columns=["pack", "sample_id"])
     table = pq.read_table(lengths / "lengths.parquet", columns=["sample_id", "text_tokens", "image_tokens"])
     table = table.filter(pc.is_in(table["sample_id"], plan["sample_id"]))

@@ -1,7 +1,8 @@
-"""DVC stage `ingest`: the embedded default corpora, or a validation pass over released shards (4b/8b)."""
+"""DVC stage `ingest`: the embedded default corpora, or the released datasets converted to one schema (4b/8b)."""
 
 from llava_ov.artifacts import ArtifactWriter, write_json
-from llava_ov.data.ingest import ARTIFACT, build_embedded, validate_released
+from llava_ov.data.ingest import ARTIFACT, build_embedded
+from llava_ov.data.released import validate_released
 from llava_ov.params import load_params, project_root
 
 KIND, SCHEMA = "ingest", 1

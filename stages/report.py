@@ -20,7 +20,7 @@ def main() -> None:
     t0 = time.perf_counter()
     with ArtifactWriter("artifacts/report", KIND, SCHEMA, params={"report": cfg}) as w:
         summary = build_report(Path("."), w.dir, cfg["eval_stages"], cfg["train_stages"], cfg["pack_stages"],
-                               cfg["timed"], cfg["expect"])
+                               cfg["timed"], cfg["expect"], cfg["published"])
         w.stats.update(summary)
     plots = Path("plots/report")
     shutil.rmtree(plots, ignore_errors=True)

@@ -1,10 +1,12 @@
 """DVC stage ``train@<stage>`` (stage1, stage1_5, stage2): one training stage, exported as an HF folder.
 
-``python -m stages.train STAGE`` relaunches itself under torchrun with ``train.common.nproc`` processes (with one
-process it trains in place, sparing the launcher's start-up); every
-rank trains (llava_ov.train.trainer) and rank 0 exports the final megatron weights into ``artifacts/train_STAGE``
-(kind ``hf_model``, like stage0) and writes ``metrics/train_STAGE.json``. Resumable checkpoints live in
-``cache/train_STAGE/`` and per-step DVCLive logs in ``plots/train_STAGE/``.
+``python -m stages.train STAGE`` starts its processes the way :mod:`llava_ov.train.launch` decides: in place (one
+process), torchrun on this node (``train.common.nproc`` processes), torchrun agents on ``train.nnodes.STAGE``
+nodes (c10d rendezvous from the environment), or under Slurm ``srun`` with one agent per node. Every rank trains
+(llava_ov.train.trainer) and rank 0 exports the final megatron weights into ``artifacts/train_STAGE`` (kind
+``hf_model``, like stage0) and writes ``metrics/train_STAGE.json``. Resumable checkpoints live in
+``cache/train_STAGE/`` and per-step DVCLive logs in ``plots/train_STAGE/`` (on a shared filesystem when several
+nodes train). ``--dry-run`` prints the launch command for this environment and exits.
 """
 
 import os
@@ -14,18 +16,25 @@ import time
 from pathlib import Path
 
 from llava_ov.params import section
+from llava_ov.train.launch import Layout, command, render
 from llava_ov.train.policy import STAGES, policy
 
 KIND, SCHEMA = "hf_model", 1
 
 
-def launch(stage: str, nproc: int) -> None:
-    """Run this module under torchrun (one node, ``nproc`` processes) and fail if any rank fails."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "stages.train", stage]
+def layout(stage: str) -> Layout:
+    """Processes per node (``train.common.nproc``) and nodes (``train.nnodes.STAGE``) of this stage."""
+    params = section("train")
+    return Layout(nproc=int(params["common"]["nproc"]), nnodes=int(params["nnodes"][stage]))
+
+
+def launch(stage: str, cmd: list[str]) -> None:
+    """Run the launcher (torchrun or srun) and fail if any rank fails."""
+    print(f"train@{stage}: {render(cmd)}", file=sys.stderr, flush=True)
     result = subprocess.run(cmd)
     if result.returncode:
-        raise SystemExit(f"train@{stage}: torchrun exited with {result.returncode}")
+        raise SystemExit(f"train@{stage}: {cmd[0] if cmd[0] == 'srun' else 'torchrun'} exited with "
+                         f"{result.returncode}")
 
 
 def run_stage(stage: str) -> None:
@@ -42,19 +51,19 @@ def run_stage(stage: str) -> None:
     common = params["common"]
     pol = policy(stage, params, seed)
     init = open_artifact(pol.init_artifact, KIND, SCHEMA)
-    packs = open_artifact(pol.pool_artifact, "pack", 1)
+    packs = open_artifact(pol.pool_artifact, "pack", 2)
+    run = Run.from_params(common, checkpoints=Path(f"cache/train_{stage}"), live_dir=Path(f"plots/train_{stage}"))
     identity = {"init": init.digest, "packs": packs.digest, "policy": pol.as_dict(),
-                **{k: common[k] for k in ("nproc", "tp", "pp", "threads")}}
-    run = Run(tp=int(common["tp"]), pp=int(common["pp"]), threads=int(common["threads"]),
-              save_every=int(common["save_every"]), logit_tolerance=float(common["logit_tolerance"]),
-              checkpoints=Path(f"cache/train_{stage}"), live_dir=Path(f"plots/train_{stage}"))
+                **{k: common[k] for k in ("nproc", "tp", "pp", "threads")}, "nnodes": layout(stage).nnodes,
+                "run": {k: getattr(run, k) for k in ("cp", "sequence_parallel", "dtype", "recompute")}}
     result = train(pol, run, init.path, packs, identity)
     shards = gather_shards(result.model, run.checkpoints / "export")
     if dist.get_rank() == 0:
-        used = {"train": {"common": common, stage: params[stage]}, "seed": seed}
+        used = {"train": {"common": common, "nnodes": {stage: params["nnodes"][stage]}, stage: params[stage]},
+                "seed": seed}
         with ArtifactWriter(f"artifacts/train_{stage}", KIND, SCHEMA, params=used,
                             inputs={"init": init, "packs": packs}) as w:
-            save_hf(shards, result.hf_config, run.tp, run.pp, init.path, w.dir)
+            save_hf(shards, result.hf_config, run.tp, run.pp, init.path, w.dir, te=result.model.te_names)
             w.stats.update({k: result.metrics[k] for k in ("steps", "tokens", "final_loss", "logit_max_abs_diff")})
         # seconds: this rank's wall time for the whole stage (conversion + check + training + export), the key every
         # stage's metrics share; train_seconds sums the training steps' times over every run that resumed into this one
@@ -65,14 +74,19 @@ def run_stage(stage: str) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) != 2 or sys.argv[1] not in STAGES:
-        raise SystemExit(f"usage: python -m stages.train {{{','.join(STAGES)}}}")
-    stage = sys.argv[1]
-    nproc = int(section("train")["common"]["nproc"])
-    if "LOCAL_RANK" in os.environ or nproc == 1:  # one process needs no launcher: it forms a one-rank group
+    args = sys.argv[1:]
+    dry = "--dry-run" in args
+    args = [a for a in args if a != "--dry-run"]
+    if len(args) != 1 or args[0] not in STAGES:
+        raise SystemExit(f"usage: python -m stages.train {{{','.join(STAGES)}}} [--dry-run]")
+    stage = args[0]
+    cmd = command(stage, layout(stage), os.environ)
+    if dry:
+        print(render(cmd) if cmd else f"train@{stage}: trains in this process (one process, one node)")
+    elif cmd is None:
         run_stage(stage)
     else:
-        launch(stage, nproc)
+        launch(stage, cmd)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
 from llava_ov.artifacts import ArtifactError, ArtifactWriter, digest_dir, open_artifact
+from tests.project import env
 
 
 def _build(target, files, **kw):
@@ -87,3 +90,79 @@ def test_input_digests_recorded(tmp_path):
     down = _build(tmp_path / "down", {"y": b"2"}, inputs={"up": up})
     assert down.meta["inputs"] == {"up": up.digest}
     shutil.rmtree(tmp_path / "up")
+
+
+_WRITER = """
+import sys, time
+from llava_ov.artifacts import ArtifactWriter
+with ArtifactWriter(sys.argv[1], "demo", schema=1) as w:
+    (w.dir / "half.bin").write_bytes(b"x" * 100_000)
+    print("writing", flush=True)
+    time.sleep(600)
+"""
+
+
+def _start_writer(target) -> subprocess.Popen:
+    """A process in the middle of writing artifact ``target`` (its temporary folder exists and has data)."""
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(target)], stdout=subprocess.PIPE, text=True,
+                            env=env())
+    assert proc.stdout.readline().strip() == "writing"
+    return proc
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    proc.kill()  # SIGKILL: no exception handler, no atexit, nothing of the writer's own clean-up runs
+    proc.wait()
+    proc.stdout.close()
+
+
+def _temporaries(folder, name: str) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(f".tmp-{name}-") and p.is_dir())
+
+
+def test_next_run_removes_the_temporaries_of_a_killed_writer_and_only_those(tmp_path):
+    _kill(_start_writer(tmp_path / "a"))
+    dead = _temporaries(tmp_path, "a")
+    _kill(_start_writer(tmp_path / "b"))  # another artifact's killed writer: not `a`'s to remove
+    live = _start_writer(tmp_path / "a")  # a writer of the same artifact that is still running
+    try:
+        running = sorted(set(_temporaries(tmp_path, "a")) - set(dead))
+        assert len(dead) == len(running) == 1 and len(_temporaries(tmp_path, "b")) == 1
+        art = _build(tmp_path / "a", {"x": b"1"})
+        assert open_artifact(tmp_path / "a", "demo", 1, verify=True).digest == art.digest
+        assert _temporaries(tmp_path, "a") == running, "the killed writer's temporary folder is still there"
+        assert len(_temporaries(tmp_path, "b")) == 1
+    finally:
+        _kill(live)
+
+
+def test_verify_reports_leftovers_and_damaged_artifacts(tmp_path):
+    """`llava-ov verify FOLDER` checks every artifact in it (`--digests`: content too) and lists what killed
+    writers left behind; `--clean` removes those leftovers, never a running writer's folder."""
+    from click.testing import CliRunner
+
+    from llava_ov.cli import main
+
+    _build(tmp_path / "a", {"x": b"1"})
+    _build(tmp_path / "b", {"y": b"2"})
+    cli = CliRunner()
+    clean = cli.invoke(main, ["verify", str(tmp_path)])
+    assert clean.exit_code == 0, clean.output
+    _kill(_start_writer(tmp_path / "a"))
+    dead, = _temporaries(tmp_path, "a")
+    (tmp_path / ".old-b-4194305").mkdir()  # a replaced artifact whose removal was cut short
+    (tmp_path / "b" / "y").write_bytes(b"3")  # same size: only the digest sees it
+    live = _start_writer(tmp_path / "c")
+    try:
+        running, = _temporaries(tmp_path, "c")
+        cheap = cli.invoke(main, ["verify", str(tmp_path)])
+        assert cheap.exit_code == 1
+        assert dead in cheap.output and ".old-b-4194305" in cheap.output and running not in cheap.output
+        assert "digest" not in cheap.output
+        full = cli.invoke(main, ["verify", "--digests", str(tmp_path)])
+        assert full.exit_code == 1 and "b" in full.output and "digest" in full.output
+        cli.invoke(main, ["verify", "--clean", str(tmp_path)])
+        assert _temporaries(tmp_path, "a") == [] and not (tmp_path / ".old-b-4194305").exists()
+        assert _temporaries(tmp_path, "c") == [running]
+    finally:
+        _kill(live)

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from transformers import MLCDVisionConfig, Qwen3Config, Qwen3ForCausalLM
 
 from llava_ov.base.sources import check_llm_config, check_vit_config, import_llm, import_vit
-from llava_ov.model.presets import PRESETS, RICE_VIT_L14
+from llava_ov.model.family import LLAVA_OV_1_5, RICE_VIT_L14, ModelSize
 
 
 def test_missing_folder_names_the_param_and_the_fix(tmp_path):
@@ -30,15 +30,15 @@ def test_wrong_vit_shape_is_refused(tmp_path):
 
 def test_llm_shape_must_be_the_profiles_size(tmp_path):
     for name in ("4b", "8b"):
-        text = {k: v for k, v in PRESETS[name]["text"].items() if k != "rope_theta"}
+        text = {k: v for k, v in LLAVA_OV_1_5.sizes[name].text.items() if k != "rope_theta"}
         check_llm_config(Qwen3Config(**text).to_dict(), Path("x"), name, 151_665)
-    eight = Qwen3Config(**{k: v for k, v in PRESETS["8b"]["text"].items() if k != "rope_theta"}).to_dict()
+    eight = Qwen3Config(**{k: v for k, v in LLAVA_OV_1_5.sizes["8b"].text.items() if k != "rope_theta"}).to_dict()
     with pytest.raises(ValueError, match=r"not the LLM of size '4b'.*hidden_size.*set llm_base.size"):
         check_llm_config(eight, Path("x"), "4b", 151_665)
     with pytest.raises(ValueError, match="vocab 151936 < the tokenizer's 200000"):
         check_llm_config(eight, Path("x"), "8b", 200_000)
-    with pytest.raises(ValueError, match=r"llm_base.size '1.7b' is not a known model size.*presets.py"):
-        check_llm_config(eight, Path("x"), "1.7b", 100)
+    with pytest.raises(ValueError, match=r"llm_base.size '3b' is not a size of model family.*family.py"):
+        check_llm_config(eight, Path("x"), "3b", 100)
 
 
 def test_a_sharded_llm_folder_missing_one_tensor_is_refused(tmp_path, monkeypatch):
@@ -54,6 +54,6 @@ def test_a_sharded_llm_folder_missing_one_tensor_is_refused(tmp_path, monkeypatc
         kept = {k: f.get_tensor(k) for k in f.keys() if k != dropped}
     save_file(kept, shard, metadata={"format": "pt"})
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    monkeypatch.setitem(PRESETS, "tiny-test", {"vision": RICE_VIT_L14, "text": config.to_dict()})
+    monkeypatch.setitem(LLAVA_OV_1_5.sizes, "tiny-test", ModelSize(RICE_VIT_L14, config.to_dict()))
     with pytest.raises(ValueError, match=rf"llm_base.source .*Qwen3-tiny.*{dropped}.*randomly initialised"):
         import_llm(str(folder), "tiny-test", 64)

@@ -22,9 +22,9 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from llava_ov.artifacts import ArtifactWriter, digest_dir, open_artifact
 from llava_ov.concepts.encoder import ImageTextEncoder
 from llava_ov.actors import Slot, plan_slots
-from llava_ov.concepts.pool import shard_rows
 from llava_ov.concepts.shard_index import ShardIndexer, index_shards, make_spec, shard_jobs, write_index
 from llava_ov.data.ingest import INDEX_SCHEMA, build_embedded
+from llava_ov.data.reader import index_table
 from llava_ov.data.shards import ShardWriter
 from llava_ov.engine import Engine
 from llava_ov.text.tokenizer import train_bpe
@@ -134,8 +134,9 @@ def test_a_changed_key_is_a_miss(pool, tmp_path):
     engine = Engine(executor="local", cpus=1)
     assert not index_shards(engine, spec, jobs)[0].reused
     assert index_shards(engine, spec, jobs)[0].reused
-    assert not index_shards(engine, replace(spec, key=spec.key + "-edited code"), jobs)[0].reused
-    assert make_spec(enc, 3, {**INDEX_CFG, "batch": 8}, tmp_path).key != spec.key
+    assert not index_shards(engine, replace(spec, cache=replace(spec.cache, code="edited code")), jobs)[0].reused
+    assert make_spec(enc, 3, {**INDEX_CFG, "batch": 8}, tmp_path).cache.key("s") != spec.cache.key("s")
+    assert make_spec(enc, 4, INDEX_CFG, tmp_path).cache.key("s") != spec.cache.key("s")
 
 
 def test_preprocessing_threads_a_batch_ahead_give_the_same_part(pool, tmp_path):
@@ -144,12 +145,12 @@ def test_preprocessing_threads_a_batch_ahead_give_the_same_part(pool, tmp_path):
     spec = make_spec(open_artifact(pool / "artifacts/concept_encoder", "concept_encoder", 1), 3,
                      {**INDEX_CFG, "batch": 1}, tmp_path)
     jobs = shard_jobs(ingest, ("mid",))
-    job = max(jobs, key=lambda j: Path(j.path).stat().st_size)  # the one with most samples: several batches
+    job = max(jobs, key=lambda j: (ingest.path / j.shard).stat().st_size)  # most samples: several batches
     worker = ShardIndexer(spec, Slot(cpus=1, gpu=False))
-    rows = shard_rows(Path(job.index), job.pools, job.shard, ["sample_id", "key", "source"]).to_pydict()
-    inline = worker._index(job, rows)
+    rows = index_table(ingest, job.pools, ["sample_id", "key", "source"], shard=job.shard).to_pydict()
+    inline = worker._index(ingest, job, rows)
     worker.pool = ThreadPoolExecutor(3)
-    threaded = worker._index(job, rows)
+    threaded = worker._index(ingest, job, rows)
     assert len(inline["sample_id"]) > spec.batch and inline.keys() == threaded.keys()
     assert all(np.array_equal(inline[name], threaded[name]) for name in inline)
 
@@ -192,9 +193,9 @@ def test_encoder_corpus_streams_only_the_shards_it_needs(pool, monkeypatch):
     rows = [r for r in pq.read_table(pool / "artifacts/ingest/index.parquet").to_pylist() if r["pool"] == "mid"]
     pick = rows[-3]
     opened: list[str] = []
-    real = corpus_mod.shard_samples
-    monkeypatch.setattr(corpus_mod, "shard_samples",
-                        lambda path, keys: (opened.append(Path(path).name), real(path, keys))[1])
+    real = corpus_mod.iter_samples
+    monkeypatch.setattr(corpus_mod, "iter_samples", lambda art, pools, shards: (opened.extend(
+        Path(s).name for s in shards), real(art, pools, shards=shards))[1])
     got = corpus_mod.read_corpus(ingest, ("mid",), 1000, {pick["sample_id"]}, pixels=None, words=False)
     assert opened == [Path(pick["shard"]).name] and len(got.recall_pairs) == 1 and not got.pixels
     encoder = ImageTextEncoder.load(pool / "artifacts/concept_encoder/encoder")

@@ -204,3 +204,51 @@ def test_benchmark_runs_at_a_tiny_shape_on_cpu():
     assert out.returncode == 0, out.stderr[-3000:]
     for needle in ("images/s", "pairs/s", "s per worker", "B/image", "| 8 |", "| 64 |", "NOT measured"):
         assert needle in out.stdout, (needle, out.stdout)
+
+
+def _concept_project(root):
+    """A project copy holding a small ``ingest`` (rendered charts in ``mid``) and a random-weight concept encoder."""
+    from llava_ov.artifacts import ArtifactWriter
+    from llava_ov.data.ingest import build_embedded
+    from tests.project import copy_project
+
+    root = copy_project(root)
+    with ArtifactWriter(root / "artifacts/ingest", "ingest", 1) as w:
+        build_embedded({"sources": {"chart": {"mid": 6}}}, 0, w.dir)
+    tok = train_bpe(["a bar chart with bars"] * 10, 300)
+    torch.manual_seed(0)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    config = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
+                                         eos_token_id=eos, bos_token_id=eos, pad_token_id=tok.pad_token_id),
+                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, image_size=28, patch_size=14), projection_dim=32)
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    concepts = _unit(np.random.default_rng(0), 20, 32).astype(np.float16)
+    with ArtifactWriter(root / "artifacts/concept_encoder", "concept_encoder", 1) as w:
+        ImageTextEncoder(CLIPModel(config), tok, processor, 16).save(w.dir / "encoder")
+        np.save(w.dir / "concept_embeddings.npy", concepts)
+        w.stats["recall_at_5"] = 0.0
+    return root
+
+
+def test_concept_index_cache_misses_when_the_preprocessing_code_changes(tmp_path):
+    """The per-shard cache is keyed by the encoder's weights *and* the code that turns an image into its
+    embedding (here the image loading in llava_ov/vision): a changed preprocessing must re-embed the shard."""
+    from tests.project import run
+
+    root = _concept_project(tmp_path / "project")
+    run(["python", "-m", "stages.concept_index"], root)
+    before = np.load(root / "artifacts/concept_index/image_embeddings.npy")
+    run(["python", "-m", "stages.concept_index"], root)
+    again = json.loads((root / "metrics/concept_index.json").read_text())
+    assert again["shards_reused"] == again["shards"] == 1  # unchanged code: read back
+    assert np.array_equal(np.load(root / "artifacts/concept_index/image_embeddings.npy"), before)
+    path = root / "llava_ov/vision/image_processing.py"
+    old = '    return image.convert("RGB")\n'
+    assert old in path.read_text(), "to_rgb changed: update the test"
+    path.write_text(path.read_text().replace(old, '    return image.convert("L").convert("RGB")\n'))
+    run(["python", "-m", "stages.concept_index"], root)
+    after = np.load(root / "artifacts/concept_index/image_embeddings.npy")
+    assert before.shape == after.shape == (6, 32)
+    assert not np.array_equal(before, after), "the cache served embeddings of the old preprocessing"

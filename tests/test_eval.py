@@ -15,9 +15,9 @@ from llava_ov.eval.cache import ResultCache
 from llava_ov.eval.checkpoint import load_checkpoint
 from llava_ov.eval.runner import category_metrics, evaluate, split_tasks
 from llava_ov.eval.scoring import Prompt, Scorer
-from llava_ov.eval.tasks import Task, build_task, load_spec
+from llava_ov.eval.tasks import SPEC_DIR, Task, build_task, load_spec
 from llava_ov.model import LlavaOV15ForConditionalGeneration
-from llava_ov.model.presets import build_config
+from llava_ov.model.family import build_config
 from llava_ov.text.tokenizer import special_ids, train_bpe
 from llava_ov.vision.image_processing import ImageProcessor
 
@@ -267,3 +267,99 @@ def test_report_builds_sections_from_whatever_is_built(tmp_path):
     assert "| higher | NO |" in (out / "report.md").read_text()
     with pytest.raises(ValueError, match=r"report.expect.stage2.better is 'up': use lower or higher"):
         build_report(root, out, ["stage0", "stage2"], [], [], [], {"stage2": {**worse["stage2"], "better": "up"}})
+
+
+
+# An edit to code that decides a score, in a module no hand-written list names: answer normalisation, and the
+# system prompt in front of every prompt.
+SCORE_EDITS = [("llava_ov/eval/tasks.py", '"lower": str.lower,', '"lower": str.upper,'),
+               ("llava_ov/text/tokenizer.py", 'SYSTEM_PROMPT = "You are a helpful assistant."',
+                'SYSTEM_PROMPT = "You are a careful assistant."')]
+_DIGESTS_AFTER_EDITS = """
+import sys
+from pathlib import Path
+from llava_ov.eval import runner
+print(runner.code_digest())
+for rel, old, new in zip(*[iter(sys.argv[1:])] * 3):
+    path = Path(rel)
+    assert old in path.read_text(), f"{rel} no longer holds {old!r}: update the test"
+    path.write_text(path.read_text().replace(old, new))
+    print(runner.code_digest())
+"""
+
+
+def test_cache_key_covers_every_module_the_evaluator_runs(tmp_path):
+    """The evaluator's cache key is derived from the modules it imports, so an edit to any of them misses the
+    cache (the stage reruns because dvc.yaml lists the module; the cache must not hand it the old scores)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.project import REPO, env
+
+    shutil.copytree(REPO / "llava_ov", tmp_path / "llava_ov", ignore=shutil.ignore_patterns("__pycache__"))
+    args = [x for edit in SCORE_EDITS for x in edit]
+    out = subprocess.run([sys.executable, "-c", _DIGESTS_AFTER_EDITS, *args], cwd=tmp_path, check=True,
+                         env=env() | {"PYTHONPATH": str(tmp_path)}, capture_output=True, text=True).stdout.split()
+    assert len(out) == 3 and len(set(out)) == 3, f"code digests before and after each edit: {out}"
+
+
+def test_task_specs_are_read_as_yaml_1_2(tmp_path):
+    """Specs are read with the loader DVC uses for params (YAML 1.2): `no` is a string, not `false`."""
+    spec = load_spec("easyvqa")
+    text = (SPEC_DIR / "easyvqa.yaml").read_text().replace("select: {task: easyvqa}", "select: {task: [no]}")
+    (tmp_path / "easyvqa.yaml").write_text(text)
+    assert load_spec("easyvqa", tmp_path) == dict(spec, select={"task": ["no"]})
+
+def test_report_puts_lmms_scores_beside_the_published_table(tmp_path):
+    from llava_ov.eval.report import build_report
+
+    root, out = tmp_path / "proj", tmp_path / "out"
+    (root / "metrics").mkdir(parents=True)
+    out.mkdir()
+    early = {"mmstar": {"loss": 2.5, "mc_accuracy": 0.3, "samples": 1500, "mc_samples": 1500, "failed": 0}}
+    late = {"mmstar": {"loss": 0.4, "mc_accuracy": 0.7, "average": 0.702, "samples": 1500, "mc_samples": 1500,
+                       "failed": 0},
+            "chartqa": {"loss": 0.9, "relaxed_overall": 0.8604, "samples": 2500, "failed": 0},
+            "mmmu_val": {"loss": 1.1, "mmmu_acc": 0.5301, "samples": 899, "failed": 1}}
+    for stage, lmms in (("stage0", early), ("stage2", late)):
+        (root / "metrics" / f"eval_{stage}.json").write_text(json.dumps(
+            {"lmms": lmms, "lmms_generation": stage == "stage2", "seconds": 1.0}))
+    summary = build_report(root, out, ["stage0", "stage2"], [], [], [], {},
+                           {"model": "ov15_4b", "stage": "stage2", "tolerance": 2.0})
+    assert summary["published"]["mmstar"] == {"value": 70.2, "published": 64.9, "delta": 5.3,
+                                              "within_tolerance": False}
+    assert summary["published"]["chartqa"]["within_tolerance"] is True  # 86.0 vs 87.1
+    assert summary["published"]["docvqa_val"] == {"value": None, "published": 94.4, "delta": None,
+                                                  "within_tolerance": None}
+    md = (out / "report.md").read_text()
+    assert ("| benchmark | lmms-eval task | this build (stage2) | OV-1.5-8B | Qwen2.5-VL-7B | OV-1.5-4B | "
+            "Qwen2.5-VL-3B | Δ vs OV-1.5-4B | within ±2 |") in md
+    assert "| MMStar | mmstar:average | 70.2 | 67.7 | 62.5 | 64.9 | 55.9 | +5.3 | DIFFERS |" in md
+    assert "| MMMU val | mmmu_val:mmmu_acc | 53.0 (1 items failed) | 55.4 | 51.3 | 52.7 | 46.4 | +0.3 | yes |" in md
+    assert "| DocVQA | docvqa_val:anls | not run | 95.0 | 94.9 | 94.4 | 92.7 |  |  |" in md
+    assert "| mmstar | loss | 2.500 | 0.400 |" in md and "| mmstar | average | — | 0.702 |" in md
+    assert "eval.lmms.generation_stages (stage2)" in md and "not instruction-tuned" in md
+    assert "arXiv 2509.23661" in md and "DocVQA: published on the test split" in md
+    # The default profile's report has no lmms-eval section at all.
+    (root / "metrics" / "eval_stage2.json").write_text(json.dumps({"easyvqa": {"accuracy": 0.9, "samples": 10}}))
+    (root / "metrics" / "eval_stage0.json").unlink()
+    assert "published" not in build_report(root, out, ["stage2"], [], [], [], {}, {"model": "", "stage": "stage2",
+                                                                                   "tolerance": 2.0})
+    assert "Published benchmarks" not in (out / "report.md").read_text()
+
+
+def test_a_leading_system_turn_is_not_the_question():
+    """Ingest keeps a sample's system turn; the eval prompt is its first user turn and the blind baseline pairs
+    user with assistant turns after it."""
+    from llava_ov.eval.blind import BlindBaseline
+    from llava_ov.eval.tasks import build_task
+
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "<image>\nWhat shape?"},
+                {"role": "assistant", "content": "circle"}]
+    spec = {"name": "t", "select": {"source": "s"}, "prompt": "sample", "target": "answer", "metrics": ["accuracy"]}
+    sample = {"id": "a", "source": "s", "category": "c", "messages": messages, "answer": "circle"}
+    task = build_task(spec, [(sample, [b"img"])])
+    assert task.items[0].prompt == "<image>\nWhat shape?"
+    baseline = BlindBaseline.fit([("s", messages)])
+    assert baseline.fallback["s"] == "circle"

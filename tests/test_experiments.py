@@ -85,14 +85,14 @@ def _lock(balance_out: str, lengths_dep: str, lengths_mix: float = 1.0) -> dict:
                     "outs": [{"path": "artifacts/balance", "md5": balance_out},
                              {"path": "metrics/balance.json", "md5": "m" + balance_out}]},
         "lengths": {"deps": [{"path": "artifacts/balance", "md5": lengths_dep}],
-                    "params": {"params.yaml": {"lengths.workers": 2}},
+                    "params": {"params.yaml": {"lengths.pools": ["align"]}},
                     "outs": [{"path": "artifacts/lengths", "md5": "l1"}, {"path": "metrics/lengths.json", "md5": "x"}]},
         "eval": {"deps": [{"path": "artifacts/lengths", "md5": "l1"}], "outs": [{"path": "metrics/eval.json"}]},
         "ingest": {"deps": [], "params": {"params.yaml": {"seed": 0}}, "outs": [{"path": "metrics/ingest.json"}]}}}
 
 
 def test_stale_stages_from_the_lock():
-    params = {"balance.mix.emoji": 2.0, "lengths.workers": 2, "seed": 0}
+    params = {"balance.mix.emoji": 2.0, "lengths.pools": ["align"], "seed": 0}
     consistent = _lock("b2", "b2", lengths_mix=2.0)
     assert stale_stages(consistent, params) == set()
     # balance reran (new output) but lengths still records the old one: lengths and everything after it are stale
@@ -101,7 +101,7 @@ def test_stale_stages_from_the_lock():
     assert stale_metric_files(partial, params) == {"lengths", "eval"}
     # a param changed after the last run of the stage that reads it
     assert stale_stages(consistent, {**params, "balance.mix.emoji": 3.0}) == {"balance", "lengths", "eval"}
-    assert stale_stages(consistent, {**params, "lengths.workers": 1}) == {"lengths", "eval"}
+    assert stale_stages(consistent, {**params, "lengths.pools": ["align", "mid"]}) == {"lengths", "eval"}
 
 
 def test_cli_compare_reads_json_and_refuses_unknown_metrics(tmp_path, monkeypatch):

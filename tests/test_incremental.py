@@ -11,8 +11,8 @@ What ``dvc repro --dry`` reports (DVC 3.67). It lists the stages whose *own* inp
 code deps or their stage definition. A stage downstream of one of them is checked against its deps on disk, which
 a dry run leaves untouched, so it is not listed. ``dvc repro --dry --force-downstream`` lists the upper bound: the
 changed stages and everything downstream. A real ``dvc repro`` reruns something in between: a downstream stage
-reruns only if an upstream output's bytes really changed (content addressing), so e.g. ``lengths.workers`` reruns
-``lengths``, whose identical output stops the cascade; and a change reverted later is restored from the run cache
+reruns only if an upstream output's bytes really changed (content addressing), so e.g. ``lengths.pools`` reruns
+``lengths``, whose identical output (when the pools' rows are the same) stops the cascade; and a change reverted later is restored from the run cache
 without running anything. The ``downstream`` column is that upper bound.
 """
 
@@ -23,10 +23,10 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 from ruamel.yaml import YAML
 
 from llava_ov.code_digest import import_closure
+from llava_ov.params import read_yaml
 from tests.project import copy_project, git, run, stages_that_would_run
 
 PACKS = ["pack@stage1", "pack@stage1_5", "pack@stage2"]
@@ -43,9 +43,12 @@ PARAM_CHANGES = [
     ("seed", 1, ["ingest", "vit_base", "llm_base", "stage0", "concept_encoder", *TRAINS]),
     ("ingest.sources.emoji.align", 1201, ["ingest"]),
     ("ingest.shard_max_bytes", 500_000_000, ["ingest"]),
+    ("ingest.dedupe", False, ["ingest"]),
+    ("ingest.filters", {"mid": {"black_images": True}}, ["ingest"]),
     ("tokenizer.vocab_size", 2048, ["tokenizer"]),
     ("image.max_pixels", 20000, ["lengths", *PACKS, "vit_base", "stage0"]),
-    ("lengths.workers", 1, ["lengths"]),
+    ("lengths.pools", ["align", "mid"], ["lengths"]),
+    ("engine.cpus", 1, []),  # where shards run, never what they compute: no stage declares it
     ("pack.stage2.capacity", 1024, ["pack@stage2"]),
     ("pack.stage1_5.patch_capacity", 2048, ["pack@stage1_5"]),
     ("vit_base.epochs", 4, ["vit_base"]),
@@ -57,18 +60,21 @@ PARAM_CHANGES = [
     ("concepts.topk", 4, ["concept_index"]),
     ("concepts.index.dtype", "bfloat16", ["concept_index"]),
     ("concepts.index.batch", 512, ["concept_index"]),
-    ("engine.executor", "local", []),  # where shard tasks run, never what they compute: no stage's param
-    ("engine.cpus", 8, []),
+    ("engine.executor", "local", []),
     ("balance.mix.emoji", 2.0, ["balance"]),
     ("balance.method", "metaclip_threshold", ["balance"]),
     ("balance.target", 3000, ["balance"]),
     ("train.common.micro_batch", 4, TRAINS),
     ("train.common.warmup_fraction", 0.1, TRAINS),
+    ("train.common.dtype", "bf16", TRAINS),
+    ("train.nnodes.stage1_5", 2, ["train@stage1_5"]),
     ("train.stage1.lr", 0.002, ["train@stage1"]),
     ("train.stage1_5.steps", 61, ["train@stage1_5"]),
     ("train.stage2.lr", 0.0001, ["train@stage2"]),
     ("eval.tasks", ["easyvqa", "emoji"], EVALS),
     ("eval.max_items", 10, EVALS),
+    ("eval.lmms.max_pixels", 2560000, EVALS),
+    ("report.published.tolerance", 1.0, ["report"]),
     ("report.eval_stages", ["stage0", "stage2"], ["report"]),
 ]
 
@@ -78,14 +84,20 @@ FILE_CHANGES = [
     ("llava_ov/concepts/index.py", ["concept_encoder", "concept_index"]),
     ("llava_ov/concepts/draws.py", ["concept_encoder", "concept_index", "balance"]),
     ("llava_ov/concepts/shard_index.py", ["concept_index"]),
-    ("llava_ov/engine.py", ["concept_index"]),
+    ("llava_ov/engine.py", ["lengths", *PACKS, "concept_index"]),
     ("llava_ov/eval/scoring.py", EVALS),
     ("llava_ov/eval/tasks/easyvqa.yaml", EVALS),
     ("llava_ov/eval/report.py", ["report"]),
+    ("llava_ov/eval/lmms_likelihood.py", EVALS),
+    ("llava_ov/eval/published/llava_onevision_1_5.yaml", ["report"]),
     ("llava_ov/packing/plan.py", PACKS),
     ("llava_ov/packing/loader.py", TRAINS),
     ("llava_ov/megatron/compat.py", TRAINS),
+    ("llava_ov/train/launch.py", TRAINS),
     ("llava_ov/data/sources/emoji.py", ["ingest"]),
+    ("llava_ov/data/prompts.py", ["ingest", *EVALS]),  # the sources write them, the eval specs read them
+    ("llava_ov/code_digest.py", ["lengths", *PACKS, "concept_encoder", "concept_index", *EVALS]),  # caches it keys
+    ("llava_ov/optim.py", ["vit_base", "llm_base", "concept_encoder", "concept_index"]),
     ("llava_ov/text/template.py", ["tokenizer", "lengths", *PACKS, "llm_base", *EVALS]),
     ("llava_ov/model/rice_vit.py", ["vit_base", "llm_base", "stage0", *TRAINS, *EVALS]),
     ("llava_ov/__init__.py", ALL),  # holds the version every artifact.json records
@@ -203,7 +215,7 @@ def test_downstream_upper_bound(placeholder_graph, change, expected):
 def test_every_stage_is_covered_by_the_table():
     """Each stage appears in some row, so a stage added to dvc.yaml without a row here is noticed."""
     lock_names = set(ALL)
-    graph = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    graph = read_yaml(Path(__file__).resolve().parents[1] / "dvc.yaml")["stages"]
     declared = set()
     for name, stage in graph.items():
         declared |= {f"{name}@{item}" for item in stage["foreach"]} if "foreach" in stage else {name}

@@ -13,7 +13,9 @@ from PIL import Image
 from scipy import ndimage
 
 from llava_ov.artifacts import ArtifactWriter, iter_jsonl
-from llava_ov.data.ingest import build_embedded, validate_released
+from llava_ov.data.ingest import build_embedded
+from llava_ov.data.reader import iter_samples, open_ingest
+from llava_ov.data.released import validate_released
 from llava_ov.data.shards import ShardError, ShardWriter
 from llava_ov.data.sources import POOLS, rendered
 from llava_ov.data.validate import Rejected, validate
@@ -94,10 +96,11 @@ def test_released_mode_counts_every_rejection(tmp_path):
     assert any("unsafe tar member path '../escape.json'" in r["reason"] for r in rejects)
     assert all(r["reason"] and r["sample_id"] and r["where"].startswith(shard.name) for r in rejects)
     index = pq.read_table(out / "index.parquet").to_pylist()
-    assert {r["key"] for r in index} == {"good0", "good1", "good2"}
-    assert all((out / r["shard"]).resolve() == shard.resolve() for r in index)
+    assert all(r["key"] == r["sample_id"] and r["shard"] == "align/part-000000.tar" for r in index)
+    kept = {row["key"]: meta for row, meta, _ in iter_samples(open_ingest(out), ("align",))}  # a copy, converted
+    assert sorted(meta["origin"] for meta in kept.values()) == [f"{shard.name}:good{i}" for i in range(3)]
     shards = json.loads((out / "shards.json").read_text())
-    assert list(shards.values())[0]["samples"] == 3 + len(BAD_CASES) + 1
+    assert shards[f"data/released/align/{shard.name}"]["samples"] == 3 + len(BAD_CASES) + 1
     assert not (tmp_path / "data" / "released" / "escape.json").exists()
 
 

@@ -4,7 +4,7 @@ import io
 import tarfile
 
 from llava_ov.artifacts import ArtifactWriter, iter_jsonl
-from llava_ov.data import ingest
+from llava_ov.data import ingest, released
 from llava_ov.data.sources import Candidate, one_turn
 from tests.test_validate import _image
 
@@ -25,14 +25,52 @@ def test_eval_never_reuses_a_training_image_under_another_question(tmp_path, mon
         "eval image also in a training pool"]
 
 
-def test_released_json_that_is_not_an_object_is_a_rejection(tmp_path):
+def test_released_json_of_no_known_shape_is_a_rejection(tmp_path):
+    """In a file of a known format (told from its other samples), a sample of no known shape is rejected."""
+    import json
+
     folder = tmp_path / "data" / "align"
     folder.mkdir(parents=True)
+    good = json.dumps({"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hi."}]})
     with tarfile.open(folder / "part.tar", "w") as tar:
-        info = tarfile.TarInfo("k.json")
-        info.size = 3
-        tar.addfile(info, io.BytesIO(b"[1]"))
+        for name, data in (("a.json", good.encode()), ("k.json", b"[1]")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     with ArtifactWriter(tmp_path / "artifacts" / "ingest", "ingest", 1) as w:
-        metrics = ingest.validate_released({"released": {"align": "data/align"}}, tmp_path, w.dir)
-    assert metrics["rejected"] == metrics["total"] == 1
-    assert metrics["reject_reasons"] == {"json must be an object": 1}
+        metrics = released.validate_released({"released": {"align": "data/align"}}, tmp_path, w.dir)
+    assert metrics["kept"] == 1 and metrics["rejected"] == 1 and metrics["total"] == 2
+    assert metrics["reject_reasons"] == {"json does not fit format 'internal'": 1}
+
+def _internal_shard(folder, samples: dict[str, tuple[str, bytes | None]]) -> None:
+    """One released shard in the internal schema: key -> (answer, image bytes or None for a text-only sample)."""
+    import json
+
+    from llava_ov.data.shards import ShardWriter
+
+    with ShardWriter(folder, "part") as w:
+        for key, (answer, image) in samples.items():
+            question = "What is it?" if image is None else "<image>\nWhat is it?"
+            meta = {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+            w.write(key, {"json": json.dumps(meta).encode(), **({"0.png": image} if image else {})})
+
+
+def test_released_eval_is_checked_against_the_training_pools(tmp_path):
+    """Issue 15 item 4: released mode keeps eval disjoint from training, as the embedded build does."""
+    shared, other = _image(seed=7), _image(seed=8)
+    _internal_shard(tmp_path / "data" / "align", {"a0": ("noise", shared), "a1": ("other", other),
+                                                  "a2": ("text only", None)})
+    _internal_shard(tmp_path / "data" / "eval", {"e0": ("a different answer", shared),  # same image
+                                                 "e1": ("other", other),                 # same sample
+                                                 "e2": ("text only", None),              # same text, no image
+                                                 "e3": ("fresh", _image(seed=9))})
+    cfg = {"released": {"align": "data/align", "eval": "data/eval"}}
+    with ArtifactWriter(tmp_path / "artifacts" / "ingest", "ingest", 1) as w:
+        metrics = released.validate_released(cfg, tmp_path, w.dir)
+    reasons = {r["where"]: r["reason"] for r in iter_jsonl(w.artifact.path / "rejects.jsonl")}
+    assert reasons == {"part-000000.tar:e0": "eval image also in a training pool",
+                       "part-000000.tar:e1": "eval image also in a training pool",
+                       "part-000000.tar:e2": "eval sample also in a training pool"}
+    assert metrics["pools"] == {"align": 3, "eval": 1}
+    assert metrics["reject_reasons"] == {"eval image also in a training pool": 2,
+                                         "eval sample also in a training pool": 1}

@@ -1,12 +1,6 @@
-"""lmms-eval adapter: Instance-shaped requests, and a real `lmms-eval eval` run over a local task YAML."""
+"""lmms-eval adapter: Instance-shaped requests (the real CLI runs a local benchmark in tests/test_lmms_tasks.py)."""
 
 from __future__ import annotations
-
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from lmms_eval.api.instance import Instance
@@ -15,7 +9,7 @@ from PIL import Image
 
 from llava_ov.eval.lmms_adapter import MODEL_ID, LlavaOV15Local, build_prompt
 from llava_ov.eval.scoring import Prompt
-from tests.test_eval import COLOURS, png, write_checkpoint
+from tests.test_eval import COLOURS, write_checkpoint
 
 TASK, SPLIT = "colors", "test"
 
@@ -86,34 +80,3 @@ def test_multi_round_keeps_the_dialogue(lm):
     second = Prompt("and now?", (build_prompt("", [lm.task_dict[TASK][SPLIT][0]["image"]]).images[0],),
                     (("<image>\nwhat color is the shape?", out[0][0]),))
     assert lm.scorer.generate([second], 3)[0].strip() == out[0][1]
-
-
-def test_lmms_eval_cli_runs_a_local_task(ckpt_dir, tmp_path):
-    """`lmms-eval eval --model llava_onevision1_5_local` end to end on a local JSON task, offline."""
-    task_dir = tmp_path / "tasks"
-    task_dir.mkdir()
-    docs = task_dir / "docs.jsonl"
-    with open(docs, "w") as f:
-        for i, colour in enumerate(COLOURS):
-            (task_dir / f"{i}.png").write_bytes(png(colour))
-            f.write(json.dumps({"image": str(task_dir / f"{i}.png"), "question": "what color is the shape?",
-                                "answer": colour}) + "\n")
-    (task_dir / "utils.py").write_text(
-        "from PIL import Image\n\n\ndef doc_to_visual(doc):\n    return [Image.open(doc['image']).convert('RGB')]\n")
-    (task_dir / "colors_local.yaml").write_text(
-        f"task: colors_local\ndataset_path: json\ndataset_kwargs:\n  data_files: {{test: {docs}}}\n"
-        "test_split: test\noutput_type: generate_until\ndoc_to_visual: !function utils.doc_to_visual\n"
-        "doc_to_text: question\ndoc_to_target: answer\ngeneration_kwargs:\n  max_new_tokens: 4\n"
-        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    out = tmp_path / "out"
-    result = subprocess.run([str(Path(sys.executable).with_name("lmms-eval")), "eval", "--model", MODEL_ID,
-                             "--model_args", f"pretrained={ckpt_dir}", "--tasks", "colors_local",
-                             "--include_path", str(task_dir), "--output_path", str(out), "--log_samples",
-                             "--batch_size", "2"], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads(next(out.rglob("*_results.json")).read_text())
-    assert results["results"]["colors_local"]["exact_match,none"] in (0.0, 0.25, 0.5, 0.75, 1.0)
-    assert results["n-samples"]["colors_local"]["effective"] == len(COLOURS)
-    samples = [json.loads(line) for line in next(out.rglob("*_samples_colors_local.jsonl")).read_text().splitlines()]
-    assert len(samples) == len(COLOURS) and all("filtered_resps" in s for s in samples)

@@ -12,7 +12,7 @@ from llava_ov.megatron import compat
 from llava_ov.megatron.convert import (from_te_names, hf_to_megatron, megatron_to_hf, padded_vocab, rules,
                                        to_te_names)
 from llava_ov.model import LlavaOV15ForConditionalGeneration
-from llava_ov.model.presets import build_config
+from llava_ov.model.family import build_config
 
 torch.set_num_threads(1)
 
@@ -137,6 +137,51 @@ def test_te_names_round_trip(hf_model):
     assert "language_model.decoder.layers.1.mlp.linear_fc1.layer_norm_weight" in te
     assert "vision.decoder.layers.0.self_attention.linear_qkv.layer_norm_bias" in te
     assert from_te_names(te).keys() == shard.keys()
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_te_layout_loads_and_exports_bit_exactly(hf_model, tp):
+    """The TE spec's names on the way in (rank_shard te=True, what load_model uses when TE is installed) and out
+    (megatron_to_hf te=True, what the export uses): no local-spec norm name is left, the round trip is exact."""
+    state = hf_model.state_dict()
+    shards = hf_to_megatron(state, hf_model.config, tp=tp, te=True)
+    local = hf_to_megatron(state, hf_model.config, tp=tp)
+    for position, shard in shards.items():
+        assert not [k for k in shard if ".layers." in k and ("input_layernorm" in k or "pre_mlp_layernorm" in k)]
+        assert to_te_names(local[position]).keys() == shard.keys()
+    back = megatron_to_hf(shards, hf_model.config, tp=tp, te=True)
+    assert all(torch.equal(back[k], v) for k, v in state.items()) and back.keys() == state.keys()
+
+
+def test_sharded_checkpoint_is_read_per_rank_slices_only(hf_model, tmp_path):
+    """A released-layout folder in several safetensors shards + index: each (pipeline, tensor) rank reads exactly
+    its slices. Bytes read per rank, counted at the reader: the TP ranks of a stage together read the stage's
+    tensors once, plus one extra copy of the replicated ones per extra rank; nothing of another stage."""
+    from llava_ov.megatron.convert import rank_shard
+    from llava_ov.model.weights import INDEX_FILE, WeightFiles
+
+    hf_model.save_pretrained(tmp_path, max_shard_size="40KB")
+    assert (tmp_path / INDEX_FILE).is_file() and len(list(tmp_path.glob("*.safetensors"))) > 3
+    files = WeightFiles.open(tmp_path)
+    state = hf_model.state_dict()
+    nbytes = {k: v.numel() * v.element_size() for k, v in state.items()}
+    for tp, pp in ((2, 1), (2, 2), (1, 2)):
+        expected = hf_to_megatron(state, hf_model.config, tp=tp, pp=pp)
+        table = rules(hf_model.config, pp)
+        for p in range(pp):
+            on_stage = [r for r in table if min(r.stage, pp - 1) == p]
+            stage_bytes = sum(nbytes[n] for r in on_stage for n in r.hf)
+            replicated = sum(nbytes[r.hf[0]] for r in on_stage if r.kind == "rep")
+            read_by = []
+            for r in range(tp):
+                with files.slices() as read:
+                    shard = rank_shard(hf_model.config, read, tp, pp, p, r)
+                    read_by.append(read.bytes_read)
+                assert shard.keys() == expected[(p, r)].keys()
+                assert all(torch.equal(shard[k], expected[(p, r)][k]) for k in shard), (tp, pp, p, r)
+            assert sum(read_by) == stage_bytes + (tp - 1) * replicated, (tp, pp, p)
+            assert stage_bytes < sum(nbytes.values()) if pp > 1 else stage_bytes == sum(nbytes.values())
+            assert max(read_by) < 0.7 * stage_bytes if tp > 1 else read_by == [stage_bytes], (read_by, stage_bytes)
 
 
 # ---------------------------------------------------------------- forward parity (one gloo rank)
@@ -274,3 +319,95 @@ def test_megatron_gradients_match_hf(hf_model, megatron_model):
         if grad.shape != want.shape:  # padded vocabulary rows of megatron's embedding/output layer
             grad = grad[:want.shape[0]]
         torch.testing.assert_close(grad, want, rtol=1e-3, atol=1e-5, msg=name)
+
+
+# ---------------------------------------------------------------- memory knobs and precision (one gloo rank)
+
+def _built(hf_model, compute):
+    from llava_ov.megatron.model import LlavaOVMegatron, Parallel
+
+    model = LlavaOVMegatron(hf_model.config, Parallel(), padded_vocab(300, 1), compute)
+    model.load_state_dict(hf_to_megatron(hf_model.state_dict(), hf_model.config)[(0, 0)], strict=False)
+    return model
+
+
+def _loss_and_grads(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    model.train()
+    ids = batch["input_ids"].reshape(1, -1)
+    losses = model(ids, batch["cu_seqlens"], labels=torch.roll(ids, -1), pixel_values=batch["pixel_values"],
+                   image_grid_thw=batch["image_grid_thw"])
+    losses.sum().backward()
+    return losses.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("recompute", ["full", "selective"])
+def test_activation_recompute_gives_the_same_losses_and_grads(hf_model, megatron_model, recompute):
+    """Full recompute (every layer of the ViT and the LM re-runs its forward in backward, megatron's checkpoint
+    function) and selective (core attention only) change memory, not numbers."""
+    from llava_ov.megatron.model import Compute
+
+    batch = packed_batch()
+    plain, re = _built(hf_model, Compute()), _built(hf_model, Compute(recompute=recompute))
+    assert re.language_model.decoder.config.recompute_granularity == recompute
+    assert re.vision.decoder.config.recompute_granularity == recompute
+    l0, g0 = _loss_and_grads(plain, batch)
+    l1, g1 = _loss_and_grads(re, batch)
+    assert torch.equal(l0, l1)
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_unknown_recompute_is_refused():
+    from llava_ov.megatron.model import Compute
+
+    with pytest.raises(ValueError, match="train.common.recompute"):
+        Compute(recompute="some")
+
+
+def test_bf16_params_train_with_fp32_main_params_and_grads(hf_model, megatron_model, tmp_path):
+    """dtype bf16: the model's parameters and activations are bf16 (the ViT's rotary table stays fp32), megatron's
+    distributed optimizer holds fp32 main params and the DDP buffers fp32 grads; two steps on the CPU train."""
+    from llava_ov.megatron.model import Compute
+    from llava_ov.megatron.precision import precision
+    from llava_ov.train.policy import policy
+    from llava_ov.train.trainer import Run, prepare, train_step
+    from tests.train_project import train_params
+
+    run = Run(tp=1, pp=1, threads=1, save_every=100, logit_tolerance=1.0, checkpoints=tmp_path, live_dir=None,
+              dtype="bf16")
+    model = _built(hf_model, run.compute())
+    assert run.compute() == Compute(precision=precision("bf16"))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.vision.inv_freq.dtype == torch.float32
+    assert model.config.bf16 and model.config.params_dtype == torch.bfloat16
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ddp, optimizer, scheduler = prepare(model, policy("stage1", train_params(trainable="all"), 0), run)
+    inner = optimizer.chained_optimizers  # megatron chains one DistributedOptimizer per param group kind
+    main = [p for opt in inner for group in opt.shard_fp32_from_float16_groups for p in group]
+    assert main and {p.dtype for p in main} == {torch.float32}
+    assert {p.main_grad.dtype for p in model.parameters()} == {torch.float32}
+    batch = {**packed_batch(), "labels": torch.roll(packed_batch()["input_ids"], -1)}
+    losses = []
+    for _ in range(3):  # step 0 runs at warmup's lr 0
+        (total, count), grad_norm, applied = train_step(ddp, optimizer, [batch])
+        scheduler.step(increment=1)
+        losses.append(float(total / count))
+        assert applied and grad_norm > 0
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[2] < losses[1] == losses[0]
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert len(changed) > 0.9 * len(before)  # a few updates are below bf16's resolution of their parameter...
+    assert any(not torch.equal(p, p.bfloat16().float()) for p in main)  # ...and kept in the fp32 main params
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_fp8_is_refused_without_transformer_engine_on_hopper():
+    from llava_ov.megatron.precision import precision
+
+    with pytest.raises(RuntimeError, match="fp8 needs Transformer Engine on a Hopper-or-newer GPU"):
+        precision("fp8")
+    with pytest.raises(ValueError, match="train.common.dtype"):
+        precision("int8")
+    assert precision("fp16").loss_scaling and not precision("bf16").loss_scaling
+    assert precision("fp16").optimizer()["loss_scale"] is None  # None + fp16: megatron's dynamic loss scaler

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from llava_ov.model import LlavaOV15Config, LlavaOV15ForConditionalGeneration
-from llava_ov.model.presets import build_config
+from llava_ov.model.family import build_config
 
 IMG = 7  # image pad id of the test vocabulary
 

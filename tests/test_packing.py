@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
-import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
-from llava_ov.artifacts import ArtifactWriter, digest_file
-from llava_ov.packing.lengths import pool_rows
+from llava_ov.packing.build import plan_groups
+from llava_ov.packing.lengths import encode_sample
 from llava_ov.packing.loader import IGNORE, PackedLoader
-from llava_ov.packing.materialize import write_packed_shards
 from llava_ov.packing.plan import first_fit_decreasing, plan_packs
 from llava_ov.text.template import ChatEncoder
+from llava_ov.text import tokenizer as tokenizer_module
 from llava_ov.text.tokenizer import train_bpe
 from llava_ov.vision.image_processing import ImageProcessor
+from tests.pack_fixtures import LOCAL, make_packs, measure, write_ingest, write_tokenizer
 
 
 def naive_best_fit_decreasing(lengths, capacity):
@@ -64,34 +67,72 @@ def _png(side, colour):
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def pack_artifact(tmp_path_factory):
-    tok = train_bpe(["what colour is it", "red", "blue", "a caption of a shape"] * 10, 300)
-    enc = ChatEncoder(tok)
-    proc = ImageProcessor(min_pixels=56 * 56, max_pixels=84 * 84)
-    samples, lengths = {}, {}
+CORPUS = ["what colour is it", "red", "blue", "a caption of a shape"] * 10
+
+
+def _samples() -> list[tuple[str, dict, list[bytes]]]:
+    """12 one-image samples (two image sizes)."""
+    out = []
     for i in range(12):
         meta = {"messages": [{"role": "user", "content": "<image>\nwhat colour is it"},
                              {"role": "assistant", "content": "red" if i % 2 else "blue"}]}
-        images = [_png(56 + 28 * (i % 2), (i * 20, 0, 0))]
-        sid = f"s{i:02d}"
-        samples[sid] = (meta, images)
-        grid = proc.grid(56 + 28 * (i % 2), 56 + 28 * (i % 2))
-        lengths[sid] = len(enc.encode(meta["messages"], [proc.num_image_tokens(grid)])[0])
-    ids = sorted(samples)
-    plan = plan_packs(np.array([lengths[s] for s in ids]), 128)
-    packs = [[ids[j] for j in plan.members[a:b]] for a, b in zip(plan.offsets[:-1], plan.offsets[1:])]
-    root = tmp_path_factory.mktemp("pack")
-    with ArtifactWriter(root / "pack", "pack", 1) as w:
-        (w.dir / "plan.parquet").write_bytes(repr(packs).encode())
-        names = write_packed_shards(w.dir / "shards", packs, lengths, samples, enc, proc, 2, None)
-        (w.dir / "shards.json").write_text(repr(names).replace("'", '"'))
-        w.stats.update(capacity=128, plan_digest=digest_file(w.dir / "plan.parquet"))
-    return w.artifact, enc, proc, packs
+        out.append((f"s{i:02d}", meta, [_png(56 + 28 * (i % 2), (i * 20, 0, 0))]))
+    return out
+
+
+IMAGE = dict(min_pixels=56 * 56, max_pixels=84 * 84)
+
+
+def _built(root, tokenizer, per_shard=5, capacity=128, shard_bytes=1, cache=None, name="pack"):
+    """ingest (12 samples over shards of ``per_shard``) -> lengths -> pack artifact, all by the pipeline's code."""
+    ingest = write_ingest(root, _samples(), per_shard=per_shard)
+    tok = write_tokenizer(root, tokenizer)
+    lengths = measure(root, ingest, tok, IMAGE)
+    art, summary = make_packs(root, ingest, tok, lengths, IMAGE, capacity, shard_bytes, name=name, cache=cache)
+    return art, summary, ChatEncoder(tokenizer), ImageProcessor(**IMAGE)
+
+
+@pytest.fixture(scope="module")
+def pack_artifact(tmp_path_factory):
+    art, summary, enc, proc = _built(tmp_path_factory.mktemp("pack"), train_bpe(CORPUS, 300))
+    return art, enc, proc, summary
+
+
+def test_plan_and_pack_index_agree_and_every_sample_is_packed_once(pack_artifact):
+    art, enc, proc, summary = pack_artifact
+    plan = pq.read_table(art / "plan.parquet")
+    packs = pq.read_table(art / "packs.parquet")
+    assert sorted(plan["sample_id"].to_pylist()) == [f"s{i:02d}" for i in range(12)]
+    assert packs.num_rows == summary.packs == len(set(plan["pack"].to_pylist()))
+    assert packs["samples"].to_pylist() == plan.group_by("pack").aggregate([("slot", "count")]).sort_by("pack")[
+        "slot_count"].to_pylist()
+    assert max(packs["tokens"].to_pylist()) <= 128
+    assert summary.out_shards == len(set(packs["shard"].to_pylist())) == summary.packs  # shard_bytes 1: one each
+
+
+def test_pack_bytes_predicts_a_packs_bytes_in_its_shard(pack_artifact):
+    """``pack.<stage>.shard_bytes`` sets the file count through this estimate, made from the plan before encoding."""
+    from llava_ov.packing.materialize import TAR_BLOCK, pack_bytes
+
+    art = pack_artifact[0]
+    packs = pq.read_table(art / "packs.parquet").sort_by("pack")
+    plan = pq.read_table(art / "plan.parquet").group_by("pack").aggregate(
+        [("total", "sum"), ("n_images", "sum"), ("image_bytes", "sum")]).sort_by("pack")
+    estimate = pack_bytes(*(plan[c].to_numpy() for c in ("total_sum", "n_images_sum", "image_bytes_sum")))
+    actual = packs["size"].to_numpy()
+    images = plan["n_images_sum"].to_numpy()
+    assert np.all(np.abs(estimate - actual) <= TAR_BLOCK // 2 * images + TAR_BLOCK), (estimate, actual)
+
+
+def test_packs_per_shard_from_target_bytes():
+    from llava_ov.packing.materialize import packs_per_shard
+
+    assert packs_per_shard(np.array([1_000_000, 3_000_000]), 2_000_000_000) == 1000
+    assert packs_per_shard(np.array([5_000]), 1_000) == 1  # a pack larger than the target is a shard of its own
 
 
 def test_loader_batches_are_well_formed(pack_artifact):
-    art, enc, proc, packs = pack_artifact
+    art, enc, proc, _ = pack_artifact
     batch = next(iter(PackedLoader(art, micro_batch=2, pad_id=enc.pad_id, processor=proc)))
     ids, labels, pos, cu = batch["input_ids"], batch["labels"], batch["position_ids"], batch["cu_seqlens"]
     assert ids.shape == labels.shape == pos.shape == (2, 128)
@@ -111,18 +152,40 @@ def test_loader_batches_are_well_formed(pack_artifact):
 
 def test_loader_resume_equals_uninterrupted(pack_artifact):
     art, enc, proc, _ = pack_artifact
-    straight = PackedLoader(art, 2, enc.pad_id, proc, seed=3)
+    straight = PackedLoader(art, 1, enc.pad_id, proc, seed=3)
     it = iter(straight)
-    reference = [next(it)["sample_ids"] for _ in range(7)]  # crosses an epoch boundary
-    first = PackedLoader(art, 2, enc.pad_id, proc, seed=3)
+    n = len(straight.packs)
+    reference = [next(it)["sample_ids"] for _ in range(n + 2)]  # crosses an epoch boundary
+    first = PackedLoader(art, 1, enc.pad_id, proc, seed=3)
     it = iter(first)
-    got = [next(it)["sample_ids"] for _ in range(4)]
+    got = [next(it)["sample_ids"] for _ in range(n - 1)]
     state = first.state_dict()
-    resumed = PackedLoader(art, 2, enc.pad_id, proc, seed=3)
+    resumed = PackedLoader(art, 1, enc.pad_id, proc, seed=3)
     resumed.load_state_dict(state)
     it = iter(resumed)
     got += [next(it)["sample_ids"] for _ in range(3)]
     assert got == reference
+
+
+def test_data_parallel_ranks_collate_only_their_own_micro_batches(pack_artifact, monkeypatch):
+    """take(n, rank, world): rank r gets micro-batches r, r+world, ... of the one global stream (across an epoch
+    boundary), collates nothing else, and every rank ends at the same position (the checkpointed state)."""
+    import llava_ov.packing.loader as loader_module
+
+    art, enc, proc, _ = pack_artifact
+    whole = PackedLoader(art, 2, enc.pad_id, proc, seed=3)
+    reference = [b["sample_ids"] for b in whole.take(4) + whole.take(4)]  # 8 micro-batches: crosses an epoch
+    collated = []
+    real_collate = loader_module.collate
+    monkeypatch.setattr(loader_module, "collate", lambda packs, *a: collated.append(packs) or real_collate(packs, *a))
+    states, got = [], {}
+    for rank in range(2):
+        loader = PackedLoader(art, 2, enc.pad_id, proc, seed=3)
+        got[rank] = [b["sample_ids"] for b in loader.take(4, rank, 2) + loader.take(4, rank, 2)]
+        states.append(loader.state_dict())
+    assert got[0] == reference[0::2] and got[1] == reference[1::2]
+    assert len(collated) == 8  # 4 per rank, not 8 per rank
+    assert states[0] == states[1] == whole.state_dict()
 
 
 def test_resume_on_another_plan_fails(pack_artifact):
@@ -133,23 +196,105 @@ def test_resume_on_another_plan_fails(pack_artifact):
         loader.load_state_dict(state)
 
 
-def _lengths_table(mid_ids: list[str], chunk: int) -> pa.Table:
-    rows = [{"sample_id": f"a{i}", "pool": "align", "total": 60 + i, "vit_patches": 16} for i in range(5)]
-    rows += [{"sample_id": s, "pool": "mid", "total": 90, "vit_patches": 16} for s in mid_ids]
-    table = pa.Table.from_pylist(rows)
-    return pa.concat_tables([table.slice(i, chunk) for i in range(0, len(table), chunk)])  # row groups vary too
+def test_plan_groups_resynchronise_after_an_inserted_shard():
+    names = [f"pool/part-{i:04d}.tar" for i in range(60)]
+    groups = plan_groups(names, [40] * 60, 100)
+    assert sorted(i for g in groups for i in g) == list(range(60)) and all(sum(40 for _ in g) >= 100
+                                                                            for g in groups[:-1])
+    inserted = names[:20] + ["pool/part-0019a.tar"] + names[20:]
+    again = plan_groups(inserted, [40] * 61, 100)
+    before = [[names[i] for i in g] for g in groups]
+    after = [[inserted[i] for i in g] for g in again]
+    changed = [g for g in after if g not in before]
+    assert len(changed) <= 2 and any("pool/part-0019a.tar" in g for g in changed)
 
 
-def test_pool_rows_digest_sees_only_its_own_pools():
-    """A new balance manifest changes the mid rows of ``lengths``; the align pack's recorded input must not move
-    (else DVC retrains Stage-1 on identical packs), while a change to its own rows must move it."""
-    rows, before = pool_rows(_lengths_table(["m1", "m2"], chunk=3), ["align"])
-    _, after_balance = pool_rows(_lengths_table(["m2", "m3", "m4"], chunk=2), ["align"])
-    assert rows.column("sample_id").to_pylist() == [f"a{i}" for i in range(5)]
-    assert after_balance == before
-    _, mid_before = pool_rows(_lengths_table(["m1", "m2"], chunk=3), ["mid"])
-    _, mid_after = pool_rows(_lengths_table(["m2", "m3", "m4"], chunk=2), ["mid"])
-    assert mid_after != mid_before
-    changed = _lengths_table(["m1", "m2"], chunk=3)
-    changed = changed.set_column(2, "total", pa.array([61] + changed["total"].to_pylist()[1:]))
-    assert pool_rows(changed, ["align"])[1] != before
+def test_adding_a_source_shard_rewrites_only_its_groups_packed_shards(tmp_path):
+    """Five source shards planned in groups: a sixth shard leaves every other group's packed shards as they were."""
+    from llava_ov.packing.build import build_packs
+
+    tok = train_bpe(CORPUS, 300)
+    art, _, _, _ = _built(tmp_path / "a", tok, per_shard=2, capacity=100)
+    lengths = pq.read_table(tmp_path / "a" / "lengths.parquet")
+    assert len(set(lengths["shard"].to_pylist())) == 6
+    cfg = {"pools": ["align"], "capacity": 100, "patch_capacity": 1 << 20, "shard_bytes": 1,
+           "plan_group_samples": 2}
+    all_six = tmp_path / "six"
+    all_six.mkdir()
+    build_packs(all_six, tmp_path / "a" / "lengths.parquet", tmp_path / "a" / "ingest", tmp_path / "a" / "tokenizer",
+                IMAGE, cfg, LOCAL, tmp_path / "cache")
+    five_rows = lengths.filter(pc.not_equal(lengths["shard"], "align/align-000003.tar"))
+    pq.write_table(five_rows, tmp_path / "five.parquet")
+    five = tmp_path / "five"
+    five.mkdir()
+    build_packs(five, tmp_path / "five.parquet", tmp_path / "a" / "ingest", tmp_path / "a" / "tokenizer", IMAGE, cfg,
+                LOCAL, tmp_path / "cache")
+    names_six, names_five = (set(json.loads((d / "shards.json").read_text())) for d in (all_six, five))
+    kept = names_six & names_five
+    assert kept and len(names_six - kept) <= 2  # the group that gained a shard (and at most the next)
+
+
+def _shard_input_ids(art) -> list[np.ndarray]:
+    """``input_ids`` of every packed sample of a pack artifact, in pack order."""
+    loader = PackedLoader(art, 1, 0, ImageProcessor(**IMAGE))
+    return [np.load(io.BytesIO(loader.packs.read(i)["input_ids.npy"])) for i in range(len(loader.packs))]
+
+
+def _expected_input_ids(art, enc) -> list[np.ndarray]:
+    proc, by_id = ImageProcessor(**IMAGE), {sid: (meta, imgs) for sid, meta, imgs in _samples()}
+    plan = pq.read_table(art / "plan.parquet").sort_by([("pack", "ascending"), ("slot", "ascending")])
+    out: dict[int, list] = {}
+    for pack, sid in zip(plan["pack"].to_pylist(), plan["sample_id"].to_pylist()):
+        out.setdefault(pack, []).append(encode_sample(enc, proc, by_id[sid][0]["messages"], by_id[sid][1])[0])
+    return [np.concatenate(out[p]) for p in sorted(out)]
+
+
+def test_pack_cache_never_serves_shards_of_another_tokenizer(tmp_path, monkeypatch):
+    """Reordered special tokens keep every length (the plan and the length check pass) but change the ids:
+    a cache keyed by member ids alone would hand back shards with the old tokenizer's ids."""
+    old_tok = train_bpe(CORPUS, 300)
+    monkeypatch.setattr(tokenizer_module, "SPECIAL_TOKENS", tuple(reversed(tokenizer_module.SPECIAL_TOKENS)))
+    new_tok = train_bpe(CORPUS, 300)
+    cache = tmp_path / "shared-cache"
+    old, _, old_enc, _ = _built(tmp_path / "old", old_tok, cache=cache)
+    new, _, new_enc, _ = _built(tmp_path / "new", new_tok, cache=cache)
+    assert old_enc.image_pad_id != new_enc.image_pad_id
+    assert pq.read_table(old / "plan.parquet").equals(pq.read_table(new / "plan.parquet"))  # same lengths, same plan
+    got, want = _shard_input_ids(new), _expected_input_ids(new, new_enc)
+    assert len(got) == len(want) and all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
+def test_pack_cache_never_serves_a_damaged_entry(tmp_path):
+    """A cache file cut short (a kill during the copy, a full disk) or edited is a miss, never an output."""
+    tok, cache = train_bpe(CORPUS, 300), tmp_path / "shared-cache"
+    first, _, _, _ = _built(tmp_path / "first", tok, cache=cache)
+    fresh = {p.name: p.read_bytes() for p in (first / "shards").iterdir()}
+    entries = sorted(cache.rglob("*.tar"))
+    assert len(entries) == len(fresh)
+    # the artifact's shards are hard links of the entries: break the links first, as a copying filesystem would
+    for p in (first / "shards").iterdir():
+        data = p.read_bytes()
+        p.unlink()
+        p.write_bytes(data)
+    entries[0].write_bytes(entries[0].read_bytes()[:700])
+    edited = bytearray(entries[-1].read_bytes())
+    edited[520] ^= 0xFF  # a byte of the first member's data: same size, other content
+    entries[-1].write_bytes(bytes(edited))
+    again, _, _, _ = _built(tmp_path / "again", tok, cache=cache)
+    assert {p.name: p.read_bytes() for p in (again / "shards").iterdir()} == fresh
+
+
+def test_pack_cache_serves_unchanged_shards_across_runs(tmp_path, monkeypatch):
+    """The same inputs in a later run (the tokenizer loaded again from its folder) hit: nothing is re-encoded."""
+    from llava_ov.packing import materialize
+
+    tok, cache = train_bpe(CORPUS, 300), tmp_path / "shared-cache"
+    first, _, _, _ = _built(tmp_path / "first", tok, cache=cache)
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("an unchanged shard was encoded again")
+
+    monkeypatch.setattr(materialize, "encode_pack", no_encoding)
+    again, _, _, _ = _built(tmp_path / "again", tok, cache=cache)
+    assert sorted(p.name for p in (again / "shards").iterdir()) == sorted(p.name for p in (first / "shards").iterdir())
+    assert all((again / "shards" / p.name).read_bytes() == p.read_bytes() for p in (first / "shards").iterdir())

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from llava_ov.artifacts import ArtifactWriter
 from llava_ov.cli import main
-from llava_ov.model.presets import PRESETS
+from llava_ov.model.family import LLAVA_OV_1_5
 from llava_ov.params import apply_profile, load_params
 from llava_ov.plan import (PUBLISHED_8B_STAGE1_5, LMShape, ViTShape, epochs_for_steps, format_table,
                            stage_cost)
@@ -24,7 +24,7 @@ P = PUBLISHED_8B_STAGE1_5
 
 
 def _shapes(name: str) -> tuple[LMShape, ViTShape]:
-    text, vision = PRESETS[name]["text"], PRESETS[name]["vision"]
+    text, vision = LLAVA_OV_1_5.sizes[name].text, LLAVA_OV_1_5.sizes[name].vision
     return LMShape.from_hf(text), ViTShape.from_hf(vision, text["hidden_size"])
 
 
@@ -160,9 +160,9 @@ def test_built_stage_data_is_measured_on_the_artifacts(tmp_path):
     """Packed samples are joined with their exact lengths; fill = tokens / (packs x capacity)."""
     lengths = pa.table({"sample_id": ["a", "b", "c", "d"], "text_tokens": [10, 20, 30, 1000],
                         "image_tokens": [4, 0, 16, 0]})
-    with ArtifactWriter(tmp_path / "artifacts" / "lengths", "lengths", 1) as w:
+    with ArtifactWriter(tmp_path / "artifacts" / "lengths", "lengths", 2) as w:
         pq.write_table(lengths, w.dir / "lengths.parquet")
-    with ArtifactWriter(tmp_path / "artifacts" / "pack_stage1", "pack", 1, stats={"capacity": 64}) as w:
+    with ArtifactWriter(tmp_path / "artifacts" / "pack_stage1", "pack", 2, stats={"capacity": 64}) as w:
         pq.write_table(pa.table({"pack": [0, 0, 1], "sample_id": ["a", "b", "c"]}), w.dir / "plan.parquet")
     params = load_params(REPO)
     data = built_stage_data(tmp_path, params, "stage1")

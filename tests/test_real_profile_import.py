@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from llava_ov.model import LlavaOV15ForConditionalGeneration
-from llava_ov.model.presets import PRESETS
+from llava_ov.model.family import LLAVA_OV_1_5, ModelSize
 from llava_ov.model.weights import WeightFiles
 from llava_ov.params import apply_profile
 from tests.project import REPO
@@ -31,8 +31,8 @@ def project_4b(tmp_path, monkeypatch):
     params = apply_profile("4b", root)
     write_qwen3(root / params["llm_base"]["source"])
     write_rice_vit(root / params["vit_base"]["source"])
-    tiny_4b = {"vision": {**PRESETS["4b"]["vision"], **TINY_VIT}, "text": {**PRESETS["4b"]["text"], **TINY_LLM}}
-    monkeypatch.setitem(PRESETS, "4b", tiny_4b)
+    four = LLAVA_OV_1_5.sizes["4b"]
+    monkeypatch.setitem(LLAVA_OV_1_5.sizes, "4b", ModelSize({**four.vision, **TINY_VIT}, {**four.text, **TINY_LLM}))
     monkeypatch.chdir(root)
     monkeypatch.delenv("LLAVA_OV_ROOT", raising=False)
     return root, params

@@ -65,3 +65,22 @@ def test_sample_id_depends_on_images_and_text():
     assert base != sample_id([b"img2"], "text")
     assert base != sample_id([b"img"], "text2")
     assert sample_id([b"ab", b"c"], "") != sample_id([b"a", b"bc"], "")
+
+
+def test_each_sample_reads_back_alone_at_its_recorded_offset(tmp_path):
+    from llava_ov.data.shards import ShardError, read_sample_at, read_shard
+
+    with ShardWriter(tmp_path, "s") as w:
+        for i in range(5):
+            w.write(f"k{i}", {"json": b'{"i": %d}' % i, "0.png": bytes(range(i * 100 % 256)) * (i + 1)})
+    path = w.shards[0]
+    samples = list(read_shard(path))
+    for raw in samples:
+        again = read_sample_at(path, raw.offset, raw.size, raw.key)
+        assert again.files == raw.files and again.key == raw.key
+    first, second = samples[0], samples[1]
+    assert second.offset == first.offset + first.size  # contiguous extents
+    with pytest.raises(ShardError, match="not sample 'k0'"):
+        read_sample_at(path, second.offset, second.size, "k0")
+    with pytest.raises(ShardError, match="no sample at bytes"):
+        read_sample_at(path, path.stat().st_size - 512, 4096, "k4")

@@ -46,3 +46,17 @@ def test_placeholder_image_mismatch_is_an_error(tok):
         enc.encode([{"role": "user", "content": "<image><image>"}, {"role": "assistant", "content": "a"}], [4])
     with pytest.raises(ValueError, match="2 images but 1"):
         enc.encode([{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "a"}], [4, 4])
+
+
+def test_a_leading_system_turn_replaces_the_default_and_is_never_trained(tok):
+    """Released instruct data carries system turns: they render as the template does and get no loss."""
+    enc = ChatEncoder(tok)
+    messages = [{"role": "system", "content": "Answer with one word."},
+                {"role": "user", "content": "<image>\nWhat colour is the shape?"},
+                {"role": "assistant", "content": "blue"}]
+    ids, mask = enc.encode(messages, image_tokens=[3])
+    rendered = tok.apply_chat_template(messages, tokenize=False)
+    assert rendered.startswith("<|im_start|>system\nAnswer with one word.<|im_end|>\n<|im_start|>user\n")
+    assert tok.decode(ids) == rendered.replace("<|image_pad|>", "<|image_pad|>" * 3)
+    assert tok.decode(ids[mask]) == "blue<|im_end|>"
+    assert len(ids) == len(mask) and not mask[: list(ids).index(enc.image_pad_id)].any()

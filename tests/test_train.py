@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from llava_ov.artifacts import open_artifact
 from llava_ov.train.batches import IGNORE, loss_func, model_inputs, shift_labels
 from llava_ov.train.policy import policy
+from llava_ov.train.distributed import free_port
 from tests.train_project import build, run_stage, stage_env, train_params
 
 
@@ -47,6 +48,22 @@ def test_labels_are_shifted_within_rows_and_masked():
     assert inputs["labels"].min() >= 0  # ignored positions hold a valid index, masked out of the loss
     total, count, report = loss_func(inputs["loss_mask"], torch.arange(8.0)[None])
     assert count == 4 and total == 0 + 1 + 5 + 6
+
+
+def test_context_parallel_layout_pads_every_sample():
+    """CP cuts each sample into 2·CP equal chunks: samples are padded to a multiple of it (here 4), labels and
+    the loss mask never cover padding, cu_seqlens keep the true lengths, origin maps back to the batch."""
+    from llava_ov.train.batches import cp_layout
+
+    inputs = {"input_ids": torch.arange(1, 9)[None], "labels": torch.arange(11, 19)[None],
+              "loss_mask": torch.tensor([[False, True, True, True, True, False, True, True]]),
+              "cu_seqlens": torch.tensor([0, 5, 8], dtype=torch.int32)}
+    out = cp_layout(inputs, 4)
+    assert out["cu_seqlens_padded"].tolist() == [0, 8, 12] and out["cu_seqlens"].tolist() == [0, 5, 8]
+    assert out["input_ids"].tolist() == [[1, 2, 3, 4, 5, 0, 0, 0, 6, 7, 8, 0]]
+    assert out["labels"].tolist() == [[11, 12, 13, 14, 15, 0, 0, 0, 16, 17, 18, 0]]
+    assert out["loss_mask"].sum() == inputs["loss_mask"].sum() and not out["loss_mask"][0, [5, 6, 7, 11]].any()
+    assert out["origin"].tolist() == [0, 1, 2, 3, 4, -1, -1, -1, 5, 6, 7, -1]
 
 
 def test_stage_trains_merger_only_and_exports_hf_folder(tmp_path):
@@ -94,25 +111,104 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):
     assert losses(killed) == losses(straight)
 
 
-def test_tp2_matches_tp1_loss_curve(tmp_path):
+def configured(root: Path, nnodes: int = 1, **common) -> Path:
+    """``root``'s params.yaml with ``train.common`` keys and Stage-1's node count replaced."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["common"].update(common)
+    params["train"]["nnodes"]["stage1"] = nnodes
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def trained(root: Path) -> Path:
+    result = run_stage(root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def weights(root: Path) -> dict[str, torch.Tensor]:
+    return load_file(root / "artifacts" / "train_stage1" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tp1(tmp_path_factory) -> Path:
+    """The reference: one process, 4 steps of Stage-1 training everything."""
+    return trained(build(tmp_path_factory.mktemp("tp1"), trainable="all", steps=4))
+
+
+def assert_same_training(a: Path, b: Path, loss_tol: float, weight_tol: float) -> None:
+    la, lb = losses(a), losses(b)
+    assert len(la) == len(lb) == 4
+    assert max(abs(x - y) for x, y in zip(la, lb)) <= loss_tol, (la, lb)
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= weight_tol
+
+
+def test_tp2_matches_tp1_loss_curve(tmp_path, tp1):
     """TENSOR PARALLEL (2 gloo processes via torchrun) vs TP=1: same loss curve and weights within tolerance.
 
     Covers the TP-split layers, the vocab padding (128·TP differs between the runs and must not change the loss)
     and the TP-partial gradients (QK-norm, the ViT's CLS rotary angle). About 40-60 s on 2 cores.
     """
-    one = build(tmp_path / "tp1", trainable="all", steps=4)
-    two = build(tmp_path / "tp2", trainable="all", steps=4)
-    params = yaml.safe_load((two / "params.yaml").read_text())
-    params["train"]["common"].update(nproc=2, tp=2)
-    (two / "params.yaml").write_text(yaml.safe_dump(params))
-    for root in (one, two):
-        result = run_stage(root)
-        assert result.returncode == 0, result.stderr[-3000:]
+    two = trained(configured(build(tmp_path / "tp2", trainable="all", steps=4), nproc=2, tp=2))
     assert json.loads((two / "metrics" / "train_stage1.json").read_text())["world_size"] == 2
-    l1, l2 = losses(one), losses(two)
-    assert len(l1) == len(l2) == 4
-    assert max(abs(a - b) for a, b in zip(l1, l2)) < 1e-3, (l1, l2)
-    assert l1[-1] < l1[0]
-    w1 = load_file(one / "artifacts" / "train_stage1" / "model.safetensors")
-    w2 = load_file(two / "artifacts" / "train_stage1" / "model.safetensors")
-    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+    assert losses(tp1)[-1] < losses(tp1)[0]
+    assert_same_training(tp1, two, loss_tol=1e-3, weight_tol=1e-4)
+
+
+def test_tp2_with_sequence_parallel_matches_tp1(tmp_path, tp1):
+    """SEQUENCE PARALLEL over TP=2: the LM's norms and residual stream hold half the packed tokens per rank (the
+    local spec's torch norms, their weight grads summed over TP), image features are scattered into the sliced
+    sequence and the loss rows are picked from the gathered one. Same losses and weights as TP=1."""
+    sp = trained(configured(build(tmp_path / "sp", trainable="all", steps=4), nproc=2, tp=2,
+                            sequence_parallel=True))
+    assert_same_training(tp1, sp, loss_tol=1e-3, weight_tol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def dp2(tmp_path_factory) -> Path:
+    """One torchrun agent with two data-parallel processes."""
+    return trained(configured(build(tmp_path_factory.mktemp("dp2"), trainable="all", steps=4), nproc=2))
+
+
+def test_two_torchrun_agents_train_like_one_agent_with_two_processes(tmp_path, dp2):
+    """MULTI-NODE: two nodes of one process each (two torchrun agents, c10d rendezvous on 127.0.0.1, started the
+    way every node is: ``python -m stages.train`` with MASTER_ADDR/MASTER_PORT/NODE_RANK) give the losses and
+    the final weights of one agent with two processes."""
+    root = configured(build(tmp_path / "nodes", trainable="all", steps=4), nnodes=2, nproc=1)
+    port = str(free_port())
+    agents = [subprocess.Popen([sys.executable, "-m", "stages.train", "stage1"], cwd=root,
+                               env={**stage_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+                                    "NODE_RANK": str(node), "LLAVA_OV_RDZV_ID": "test-two-agents"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for node in range(2)]
+    outputs = [a.communicate(timeout=300)[0] for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "--nnodes=2" in outputs[0] and "--rdzv-endpoint=127.0.0.1:" + port in outputs[0]
+    metrics = json.loads((root / "metrics" / "train_stage1.json").read_text())
+    assert metrics["world_size"] == 2
+    assert losses(root) == losses(dp2)
+    assert_same_training(dp2, root, loss_tol=0.0, weight_tol=0.0)
+
+
+def test_overlapped_grad_reduce_and_param_gather_train_like_plain(tmp_path, dp2):
+    """DP=2 with the reduce-scatter of grads overlapped with backward and the param all-gather with the next
+    forward (hooks; synced before checkpoints and export): same losses and weights."""
+    root = trained(configured(build(tmp_path / "overlap", trainable="all", steps=4), nproc=2,
+                              overlap_grad_reduce=True, overlap_param_gather=True))
+    assert_same_training(dp2, root, loss_tol=1e-6, weight_tol=1e-6)
+
+
+def test_gpu_benchmark_runs_at_the_tiny_shape_on_cpu():
+    """benchmarks/bench_train_gpu.py --tiny: the GPU benchmark's code path (megatron model, DDP + distributed
+    optimizer through the trainer's prepare/train_step, synthetic packs with images, FLOP count, attention
+    kernels) executes and prints its table."""
+    result = subprocess.run([sys.executable, "benchmarks/bench_train_gpu.py", "--tiny", "--steps", "2", "--warmup",
+                             "1"], cwd=Path(__file__).resolve().parents[1], env=stage_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, rule, row = result.stdout.strip().splitlines()[-3:]
+    assert header.startswith("| step s | tokens/s | model TFLOP/s | MFU |")
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[0]) > 0 and float(cells[1].replace(",", "")) > 0 and cells[-1].endswith("x")

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from llava_ov.artifacts import ArtifactWriter, iter_jsonl
-from llava_ov.data.ingest import validate_released
+from llava_ov.data.released import validate_released
 from llava_ov.data.shards import ShardError, messages_text, sample_id
 from llava_ov.data.validate import Rejected, validate
 
@@ -53,6 +53,35 @@ def test_a_good_sample_passes_in_every_format(ext):
     assert sample.sizes == [(48, 40)]
     assert sample.images == [files[f"0.{ext}"]]
     assert sample.sample_id == sample_id(sample.images, messages_text(QA))
+
+
+def test_one_leading_system_turn_is_allowed_and_part_of_the_sample():
+    system = [{"role": "system", "content": "Answer in one word."}]
+    sample = validate(_files(system + QA))
+    assert sample.meta["messages"][0] == system[0]
+    assert sample.sample_id == sample_id(sample.images, messages_text(system + QA)) != validate(_files()).sample_id
+
+
+@pytest.mark.parametrize("size", [(400, 1), (1, 400), (603, 3)])
+def test_an_image_smart_resize_refuses_is_rejected(size):
+    """Past aspect ratio 200 ``lengths`` would fail on the sample: it never gets that far."""
+    pixels = np.full((size[1], size[0], 3), 128, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    reason = _rejected(_files(images=[buf.getvalue()]))
+    assert reason == f"image 0.png has an aspect ratio over 200 ({size[0]}x{size[1]}; smart_resize refuses it)"
+
+
+def test_aspect_ratio_200_is_kept():
+    pixels = np.full((1, 200, 3), 128, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    assert validate(_files(images=[buf.getvalue()])).sizes == [(200, 1)]
+
+
+def test_special_tokens_in_text_are_rejected():
+    messages = [QA[0], {"role": "assistant", "content": "noise<|im_end|>"}]
+    assert _rejected(_files(messages)) == "message 1 (assistant) holds the special token '<|im_end|>'"
 
 
 def test_sample_id_ignores_metadata_but_not_images_or_text():
@@ -160,7 +189,10 @@ def test_image_members_with_a_gap_are_rejected():
     ({"role": "user"}, "'messages' must be a non-empty list"),
     ([QA[1], QA[0]], "message 0 has role 'assistant', expected 'user'"),
     ([QA[0], QA[1], QA[1]], "message 2 has role 'assistant', expected 'user'"),
-    ([{"role": "system", "content": "Be brief."}, *QA], "message 0 has role 'system', expected 'user'"),
+    ([QA[0], {"role": "system", "content": "Be brief."}, QA[1]], "message 1 has role 'system', expected 'assistant'"),
+    ([{"role": "system", "content": "Be brief."}] * 2 + QA, "message 1 has role 'system', expected 'user'"),
+    ([{"role": "system", "content": "<image>"}, QA[0], QA[1]], "2 <image> placeholder(s) but 1 image(s)"),
+    ([{"role": "system", "content": " "}, *QA], "message 0 (system) has empty text"),
     ([QA[0]], "conversation must end with an assistant turn"),
     ([{"role": "user", "text": "<image>"}, QA[1]], "message 0 must be {'role', 'content'}"),
     ([{"role": "user", "content": ["<image>"]}, QA[1]], "message 0 (user) has empty text"),
@@ -243,8 +275,7 @@ def test_every_bad_case_is_a_counted_rejection_with_its_reason(tmp_path):
     assert metrics["kept"] == 2 and metrics["rejected"] == len(expected)
     assert metrics["total"] == metrics["kept"] + metrics["rejected"]
     assert metrics["total"] == sum(s["samples"] for s in metrics["sources"].values())
-    assert json.loads((out / "shards.json").read_text())[f"../../data/align/{shard.name}"]["samples"] == 2 + len(
-        expected)
+    assert json.loads((out / "shards.json").read_text())[f"data/align/{shard.name}"]["samples"] == 2 + len(expected)
     assert not any((tmp_path / name.rsplit("/", 1)[-1]).exists() for name in UNSAFE)  # nothing extracted
 
 
@@ -273,3 +304,14 @@ def test_a_truncated_tar_is_a_clear_error_naming_the_shard(tmp_path, cut):
         with ArtifactWriter(tmp_path / "artifacts" / "ingest", "ingest", 1) as w:
             validate_released({"released": {"align": "data/align"}}, tmp_path, w.dir)
     assert not (tmp_path / "artifacts" / "ingest").exists()  # no half-written artifact
+
+
+def test_truncated_image_is_rejected_even_when_another_library_allows_truncated_loads(monkeypatch):
+    """lmms-eval sets Pillow's process-wide LOAD_TRUNCATED_IMAGES on import; validation must not inherit it."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    files = _files(ext="jpg")
+    files["0.jpg"] = files["0.jpg"][: len(files["0.jpg"]) // 2]
+    assert _rejected(files).startswith("image 0.jpg is corrupt or truncated")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for whoever set it

@@ -1,7 +1,7 @@
 """A miniature project for training tests: a tiny stage0 HF folder and small pack artifacts, built in seconds.
 
-Everything goes through the real code paths (BPE tokenizer training, ChatEncoder, ImageProcessor, packed-shard
-writer, ArtifactWriter), only scaled down: a 2-layer ViT and LM, 56 px images, 160-token packs.
+Everything goes through the real code paths (BPE tokenizer training, the lengths, plan and packed-shard code,
+ArtifactWriter), only scaled down: a 2-layer ViT and LM, 56 px images, 160-token packs.
 """
 
 from __future__ import annotations
@@ -17,29 +17,29 @@ import torch
 import yaml
 from PIL import Image
 
-from llava_ov.artifacts import ArtifactWriter, write_json
+from llava_ov.artifacts import ArtifactWriter
 from llava_ov.model import LlavaOV15ForConditionalGeneration
-from llava_ov.model.presets import build_config
-from llava_ov.packing.lengths import encode_sample
-from llava_ov.packing.materialize import write_packed_shards
-from llava_ov.text.template import ChatEncoder
+from llava_ov.model.family import build_config
 from llava_ov.text.tokenizer import special_ids, train_bpe
 from llava_ov.vision.image_processing import ImageProcessor
+from tests.pack_fixtures import make_packs, measure, write_ingest, write_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220), "yellow": (230, 220, 30)}
 SHAPES = ("circle", "square")
 IMAGE = {"patch_size": 14, "merge_size": 2, "min_pixels": 3136, "max_pixels": 3136}
-CAPACITY, PER_PACK = 160, 3
+CAPACITY = 160
 
 
 def train_params(**stage_overrides) -> dict:
-    common = {"nproc": 1, "tp": 1, "pp": 1, "threads": 1, "micro_batch": 2, "save_every": 2,
-              "logit_tolerance": 1e-3, "beta1": 0.9, "eps": 1e-5, "clip_grad": 1.0, "min_lr": 1e-6,
-              "warmup_fraction": 0.1}
+    common = {"nproc": 1, "tp": 1, "pp": 1, "cp": 1, "threads": 1, "dtype": "fp32", "recompute": "none",
+              "sequence_parallel": False, "overlap_grad_reduce": False, "overlap_param_gather": False,
+              "micro_batch": 2, "save_every": 2, "logit_tolerance": 1e-3, "beta1": 0.9, "eps": 1e-5,
+              "clip_grad": 1.0, "min_lr": 1e-6, "warmup_fraction": 0.1}
     stage1 = {"trainable": "merger", "steps": 6, "lr": 3e-3, "weight_decay": 0.0, "beta2": 0.99, "grad_accum": 1}
     stage2 = {"trainable": "all", "steps": 6, "lr": 3e-3, "weight_decay": 0.0, "beta2": 0.99, "grad_accum": 1}
-    return {"common": common, "stage1": {**stage1, **stage_overrides}, "stage1_5": dict(stage2), "stage2": stage2}
+    return {"common": common, "nnodes": {"stage1": 1, "stage1_5": 1, "stage2": 1},
+            "stage1": {**stage1, **stage_overrides}, "stage1_5": dict(stage2), "stage2": stage2}
 
 
 def _image(color: str, shape: str) -> bytes:
@@ -83,17 +83,13 @@ def build(root: Path, **stage_overrides) -> Path:
         LlavaOV15ForConditionalGeneration(config).save_pretrained(w.dir)
         tokenizer.save_pretrained(w.dir)
         processor.save(w.dir)
-    encoder = ChatEncoder(tokenizer)
-    lengths = {sid: len(encode_sample(encoder, processor, meta["messages"], imgs)[0]) for sid, meta, imgs in samples}
-    by_id = {sid: (meta, imgs) for sid, meta, imgs in samples}
-    order = [s[0] for s in samples]
-    packs = [order[i:i + PER_PACK] for i in range(0, len(order), PER_PACK)]
-    assert all(sum(lengths[s] for s in p) <= CAPACITY for p in packs)
+    scratch = root / "build"  # ingest, tokenizer, lengths and caches the packs are built from
+    ingest = write_ingest(scratch, samples)
+    tok = write_tokenizer(scratch, tokenizer)
+    lengths = measure(scratch, ingest, tok, IMAGE)
     for stage in ("stage1", "stage1_5", "stage2"):
-        with ArtifactWriter(root / "artifacts" / f"pack_{stage}", "pack", 1) as w:
-            names = write_packed_shards(w.dir / "shards", packs, lengths, by_id, encoder, processor, 100, None)
-            write_json(w.dir / "shards.json", names)
-            w.stats.update(capacity=CAPACITY, packs=len(packs), samples=len(order), plan_digest=f"test-{len(packs)}")
+        make_packs(root / "artifacts", ingest, tok, lengths, IMAGE, CAPACITY, 1 << 30, name=f"pack_{stage}",
+                   cache=scratch / "cache" / "pack_shards")
     return root
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+from llava_ov.optim import OneCycleAdamW
 
 
 def token_stream(documents: list[list[int]], eos: int) -> torch.Tensor:
@@ -44,25 +45,17 @@ def pretrain_llm(tokenizer: PreTrainedTokenizerFast, documents: list[list[int]],
                          eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
                          pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"))
     model = Qwen3ForCausalLM(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.95), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg["lr"], total_steps=cfg["steps"], pct_start=0.05)
+    opt = OneCycleAdamW(model.parameters(), cfg["lr"], cfg["steps"], pct_start=0.05, weight_decay=0.01,
+                        betas=(0.9, 0.95), clip_grad=1.0)
     gen = torch.Generator().manual_seed(seed)
-    t0, losses = time.perf_counter(), []
+    t0 = time.perf_counter()
     model.train()
     for _ in (bar := tqdm(range(cfg["steps"]), desc="llm_base")):
         idx = torch.randint(0, len(data), (cfg["batch_size"],), generator=gen)
-        loss = model(input_ids=data[idx], labels=data[idx]).loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        loss = opt.step(model(input_ids=data[idx], labels=data[idx]).loss)
+        bar.set_postfix(loss=f"{loss:.3f}")
     model.eval()
     with torch.no_grad():
         held = model(input_ids=held_out, labels=held_out).loss.item()
-    tail = max(1, len(losses) // 10)
-    return model, {"steps": cfg["steps"], "tokens": cfg["steps"] * cfg["batch_size"] * seq,
-                   "first_loss": round(losses[0], 4), "final_loss": round(float(np.mean(losses[-tail:])), 4),
+    return model, {"steps": cfg["steps"], "tokens": cfg["steps"] * cfg["batch_size"] * seq, **opt.loss_summary(),
                    "held_out_loss": round(held, 4), "seconds": round(time.perf_counter() - t0, 2)}

@@ -71,6 +71,7 @@ def merged_config(vit: MLCDVisionModel, llm: Qwen3ForCausalLM, token_ids: dict[s
                   layer_norm_eps=v.layer_norm_eps, rope_theta=v.rope_parameters["rope_theta"],
                   spatial_merge_size=merge_size, text_hidden_size=llm.config.hidden_size)
     text = {k: val for k, val in llm.config.to_dict().items() if k not in _LLM_META_KEYS}
+    text["tie_word_embeddings"] = False  # a tying base LLM's embeddings are copied into the VLM's own lm_head
     if text.get("bos_token_id") is None:
         text["bos_token_id"] = token_ids["bos_token_id"]
     if text.get("eos_token_id") is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import MLCDVisionConfig, MLCDVisionModel, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM
 
-from llava_ov.model.presets import PRESETS
+from llava_ov.model.family import ModelSize, family
 
 VIT_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "patch_size")
 LLM_KEYS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
@@ -30,11 +30,8 @@ def _folder(path: str, what: str, param: str) -> Path:
     return folder
 
 
-def _size(size: str, param: str) -> dict:
-    if size not in PRESETS:
-        raise ValueError(f"{param} {size!r} is not a known model size ({sorted(PRESETS)}); add the shapes of a new "
-                         f"size to llava_ov/model/presets.py")
-    return PRESETS[size]
+def _size(size: str, param: str) -> ModelSize:
+    return family().size(size, param)
 
 
 def _mismatch(config: dict, expected: dict, keys: tuple[str, ...]) -> dict[str, tuple]:
@@ -56,12 +53,12 @@ def import_vit(path: str, size: str) -> MLCDVisionModel:
     """The RICE ViT (MLCD layout) of model size ``size`` from ``path``; raises when its shape is another."""
     folder = _folder(path, "RICE-ViT (MLCD layout)", "vit_base.source")
     check_vit_config(MLCDVisionConfig.from_pretrained(folder).to_dict(), folder, size)
-    return load_strict(MLCDVisionModel, folder, "vit_base.source")
+    return load_strict(family().vit_class, folder, "vit_base.source")
 
 
 def check_vit_config(config: dict, folder: Path, size: str) -> None:
     """Raise unless ``config`` (an MLCD vision config) has the ViT shape of model size ``size``."""
-    bad = _mismatch(config, _size(size, "vit_base.size")["vision"], VIT_KEYS)
+    bad = _mismatch(config, _size(size, "vit_base.size").vision, VIT_KEYS)
     if bad:
         raise ValueError(f"vit_base.source {folder}: not the RICE ViT of size {size!r}, (found, expected) = {bad}")
 
@@ -70,12 +67,12 @@ def import_llm(path: str, size: str, tokenizer_size: int) -> Qwen3ForCausalLM:
     """The Qwen3 LLM of model size ``size`` from ``path``, whose vocabulary covers the tokenizer."""
     folder = _folder(path, "Qwen3 LLM", "llm_base.source")
     check_llm_config(Qwen3Config.from_pretrained(folder).to_dict(), folder, size, tokenizer_size)
-    return load_strict(Qwen3ForCausalLM, folder, "llm_base.source")
+    return load_strict(family().llm_class, folder, "llm_base.source")
 
 
 def check_llm_config(config: dict, folder: Path, size: str, tokenizer_size: int) -> None:
     """Raise unless ``config`` has the LLM shape of model size ``size`` and a vocabulary covering the tokenizer."""
-    bad = _mismatch(config, _size(size, "llm_base.size")["text"], LLM_KEYS)
+    bad = _mismatch(config, _size(size, "llm_base.size").text, LLM_KEYS)
     if bad:
         raise ValueError(f"llm_base.source {folder}: not the LLM of size {size!r}, (found, expected) = {bad}; set "
                          f"llm_base.size to the size of this folder")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import MLCDVisionConfig, MLCDVisionModel
 
+from llava_ov.optim import OneCycleAdamW
 from llava_ov.vision.image_processing import ImageProcessor
 
 MAX_CLUSTER_SHARE = 0.5  # a word in more captions than this ("a", ...) names no visual cluster
@@ -78,12 +79,11 @@ def pretrain_vit(images: list[bytes], captions: list[str], cfg: dict, processor:
                               image_size=side, hidden_act="gelu", layer_norm_eps=1e-5)
     model = MLCDVisionModel(config)
     head = torch.nn.Linear(cfg["hidden_size"], len(names))
-    params = list(model.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.05)
     steps = cfg["epochs"] * (len(x) // cfg["batch_size"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg["lr"], total_steps=steps, pct_start=0.1)
+    opt = OneCycleAdamW([*model.parameters(), *head.parameters()], cfg["lr"], steps, pct_start=0.1,
+                        weight_decay=0.05, clip_grad=1.0)
     gen = torch.Generator().manual_seed(seed)
-    t0, losses, hits = time.perf_counter(), [], []
+    t0, hits = time.perf_counter(), []
     model.train()
     with tqdm(total=steps, desc="vit_base") as bar:
         for _ in range(cfg["epochs"]):
@@ -93,19 +93,12 @@ def pretrain_vit(images: list[bytes], captions: list[str], cfg: dict, processor:
                 out = model(pixel_values=x[idx])
                 regions = model.post_layernorm(out.last_hidden_state[:, 1:].mean(1))
                 logits, region_logits = head(out.pooler_output), head(regions)
-                loss = multi_label_loss(logits, targets[idx]) + multi_label_loss(region_logits, targets[idx])
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                losses.append(loss.item())
+                loss = opt.step(multi_label_loss(logits, targets[idx]) + multi_label_loss(region_logits, targets[idx]))
                 # top-1 cluster is one of the image's own: the discrimination the merger will build on
                 hits.append(targets[idx].gather(1, region_logits.argmax(-1, keepdim=True)).mean().item())
                 bar.update()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-    tail = max(1, len(losses) // 10)
-    return model.eval(), {"steps": steps, "clusters": len(names), "first_loss": round(losses[0], 4),
-                          "final_loss": round(float(np.mean(losses[-tail:])), 4),
+                bar.set_postfix(loss=f"{loss:.3f}")
+    tail = max(1, len(hits) // 10)
+    return model.eval(), {"steps": steps, "clusters": len(names), **opt.loss_summary(),
                           "final_top1_in_clusters": round(float(np.mean(hits[-tail:])), 4),
                           "seconds": round(time.perf_counter() - t0, 2)}

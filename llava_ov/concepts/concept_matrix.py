@@ -14,8 +14,8 @@ import numpy as np
 
 from llava_ov.artifacts import digest_json
 from llava_ov.code_digest import code_digest
-from llava_ov.concepts.cache import save_arrays
 from llava_ov.concepts.encoder import ImageTextEncoder
+from llava_ov.file_cache import FileCache
 
 
 def concept_matrix(encoder: ImageTextEncoder, encoder_digest: str, vocabulary: list[str], prompt: str,
@@ -24,9 +24,11 @@ def concept_matrix(encoder: ImageTextEncoder, encoder_digest: str, vocabulary: l
     key = digest_json({"encoder": encoder_digest, "vocabulary": digest_json(vocabulary), "prompt": prompt,
                        "device": encoder.device.type, "dtype": str(encoder.dtype), "batch": batch,
                        "code": code_digest(__name__)})
-    path = Path(cache) / f"{key}.npy"
-    if path.is_file():
-        return np.load(path), True
+    files = FileCache(Path(cache), ".npy")
+    hit = files.get(key)
+    if hit is not None:
+        return np.load(hit), True
     matrix = encoder.embed_texts([prompt.format(entry) for entry in vocabulary], batch).astype(np.float16)
-    save_arrays(path, matrix)
+    with files.writing(key) as tmp:
+        np.save(tmp, matrix)
     return matrix, False

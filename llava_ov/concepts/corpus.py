@@ -8,7 +8,6 @@ read only the shards that hold them. Either way the pool's bytes are never held:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -17,9 +16,9 @@ from tqdm import tqdm
 
 from llava_ov.artifacts import Artifact
 from llava_ov.concepts.encoder import UnreadableImage
-from llava_ov.concepts.pool import first_image, pool_shards, shard_rows, shard_samples
 from llava_ov.concepts.recall import is_held_out
 from llava_ov.concepts.vocabulary import corpus_words
+from llava_ov.data.reader import index_table, iter_samples, shards_of
 
 
 @dataclass
@@ -35,16 +34,14 @@ def read_corpus(ingest: Artifact, pools: tuple[str, ...], permille: int, recall_
                 pixels: Callable[[bytes], torch.Tensor] | None, words: bool) -> EncoderCorpus:
     """Stream the pools' shards in sorted order, samples in file order. ``pixels`` (training) and ``words`` need
     every shard; without them only shards holding a recall sample are read."""
-    index = ingest / "index.parquet"
     corpus = EncoderCorpus()
-    for shard in tqdm(pool_shards(index, pools), desc="concept_encoder: read pools", unit="shard"):
-        rows = shard_rows(index, pools, shard, ["sample_id", "key"]).to_pydict()
-        id_of = dict(zip(rows["key"], rows["sample_id"]))
-        if pixels is None and not words and recall_ids.isdisjoint(rows["sample_id"]):
+    for shard in tqdm(shards_of(ingest, pools), desc="concept_encoder: read pools", unit="shard"):
+        if pixels is None and not words and recall_ids.isdisjoint(
+                index_table(ingest, pools, ["sample_id"], shard=shard)["sample_id"].to_pylist()):
             continue
-        for key, files in shard_samples(ingest.path / shard, set(id_of)):
-            sid, image = id_of[key], first_image(files)
-            caption = json.loads(files["json"])["messages"][-1]["content"]
+        for row, meta, images in iter_samples(ingest, pools, shards=(shard,)):
+            sid, image = row["sample_id"], images[0] if images else None
+            caption = meta["messages"][-1]["content"]
             if words:
                 corpus.words |= corpus_words([caption])
             if sid in recall_ids:

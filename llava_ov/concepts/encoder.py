@@ -22,6 +22,7 @@ from transformers import AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedTokeniz
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from llava_ov.concepts.folder import check_encoder_folder
+from llava_ov.optim import OneCycleAdamW
 from llava_ov.vision.image_processing import to_rgb
 
 
@@ -127,26 +128,18 @@ def train_encoder(encoder: ImageTextEncoder, pixels: torch.Tensor, captions: lis
     """Contrastive (CLIP) training of a small encoder on (pixels, caption) pairs, in place; returns its metrics."""
     texts = encoder.text_inputs(captions)
     model = encoder.model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.1)
     steps = cfg["epochs"] * (len(pixels) // cfg["batch_size"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg["lr"], total_steps=steps, pct_start=0.1)
+    opt = OneCycleAdamW(model.parameters(), cfg["lr"], steps, pct_start=0.1, weight_decay=0.1)
     gen = torch.Generator().manual_seed(seed)
-    t0, losses = time.perf_counter(), []
+    t0 = time.perf_counter()
     with tqdm(total=steps, desc="concept_encoder") as bar:
         for _ in range(cfg["epochs"]):
             order = torch.randperm(len(pixels), generator=gen)
             for i in range(len(pixels) // cfg["batch_size"]):
                 idx = order[i * cfg["batch_size"]:(i + 1) * cfg["batch_size"]]
-                out = model(pixel_values=pixels[idx], input_ids=texts["input_ids"][idx],
-                            attention_mask=texts["attention_mask"][idx], return_loss=True)
-                opt.zero_grad()
-                out.loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(out.loss.item())
+                loss = opt.step(model(pixel_values=pixels[idx], input_ids=texts["input_ids"][idx],
+                                      attention_mask=texts["attention_mask"][idx], return_loss=True).loss)
                 bar.update()
-                bar.set_postfix(loss=f"{out.loss.item():.3f}")
+                bar.set_postfix(loss=f"{loss:.3f}")
     encoder.model.eval()
-    tail = max(1, len(losses) // 10)
-    return {"steps": steps, "first_loss": round(losses[0], 4), "final_loss": round(float(np.mean(losses[-tail:])), 4),
-            "train_seconds": round(time.perf_counter() - t0, 2)}
+    return {"steps": steps, **opt.loss_summary(), "train_seconds": round(time.perf_counter() - t0, 2)}

@@ -12,13 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
 from llava_ov.concepts.draws import id_hashes, uniform
 from llava_ov.concepts.encoder import ImageTextEncoder, UnreadableImage
 from llava_ov.concepts.index import topk_concepts
-from llava_ov.concepts.pool import pool_batches
 from llava_ov.concepts.vocabulary import caption_concepts
 
 RECALL_SALT = 0x5245_4341_4C4C  # "RECALL": these draws are independent of balancing's, which use the same ids
@@ -29,10 +31,11 @@ def is_held_out(sample_id: str, permille: int) -> bool:
 
 
 def recall_sample(index: Path, pools: tuple[str, ...], permille: int, size: int, seed: int) -> set[str]:
-    """The sample ids scored for recall@5, streaming the index: memory O(batch + size)."""
+    """The sample ids scored for recall@5, streaming ``index.parquet`` 1M rows at a time: memory O(batch + size)."""
     best_ids, best_draw = np.array([], dtype=str), np.array([], dtype=np.float64)
-    for batch in pool_batches(index, pools, ["sample_id"]):
-        held = [s for s in batch.column("sample_id").to_pylist() if is_held_out(s, permille)]
+    for batch in pq.ParquetFile(index).iter_batches(batch_size=1 << 20, columns=["sample_id", "pool"]):
+        in_pools = batch.column("sample_id").filter(pc.is_in(batch.column("pool"), value_set=pa.array(list(pools))))
+        held = [s for s in in_pools.to_pylist() if is_held_out(s, permille)]
         ids = np.concatenate([best_ids, np.array(held, dtype=str)])
         draw = np.concatenate([best_draw, uniform(id_hashes(held), seed, RECALL_SALT)])
         keep = np.argsort(draw, kind="stable")[:size]

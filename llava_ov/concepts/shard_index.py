@@ -30,14 +30,14 @@ import torch
 from tqdm import tqdm
 
 from llava_ov.actors import Slot, map_on_workers
-from llava_ov.artifacts import Artifact, digest_dir, digest_file, digest_json, write_jsonl
+from llava_ov.artifacts import Artifact, digest_json, write_jsonl
 from llava_ov.code_digest import code_digest
-from llava_ov.concepts.cache import save_arrays
 from llava_ov.concepts.draws import id_hashes
 from llava_ov.concepts.encoder import ImageTextEncoder, UnreadableImage
 from llava_ov.concepts.index import topk_concepts
-from llava_ov.concepts.pool import first_image, pool_shards, shard_rows, shard_samples
+from llava_ov.data.reader import index_table, iter_samples, open_ingest, shards_of
 from llava_ov.engine import Engine
+from llava_ov.shard_cache import ShardCache
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ROW_GROUP = 1 << 20  # rows per row group of index.parquet: one group per ~1M images, whatever the shard size
@@ -49,7 +49,7 @@ INDEX_SCHEMA = pa.schema([("sample_id", pa.string()), ("source", pa.string()), (
 @dataclass(frozen=True)
 class IndexSpec:
     """What every worker needs: absolute paths (a worker on another node shares no working directory) and the
-    content key of everything a part depends on except the shard itself."""
+    parts' cache, whose keys fold in everything a part depends on except the shard itself."""
 
     encoder: str
     concepts: str
@@ -57,23 +57,22 @@ class IndexSpec:
     dtype: str
     batch: int
     embeddings: bool
-    cache: str
-    key: str
     n_concepts: int
+    cache: ShardCache
 
 
 @dataclass(frozen=True)
 class ShardJob:
     shard: str  # as in ingest's ``shard`` column (relative to the ingest artifact)
-    path: str  # the tar, absolute
-    index: str  # ingest's index.parquet, absolute
+    ingest: str  # the ingest artifact, absolute
+    digest: str  # the shard's content digest (the ingest artifact's file_digests: no re-read to key it)
     pools: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class ShardResult:
     shard: str
-    part: str  # the cached part (.npz), absolute
+    part: str  # the cached part (.npz, a sealed cache entry), absolute
     images: int
     rejected: int
     reused: bool
@@ -81,22 +80,24 @@ class ShardResult:
     worker_start: float  # seconds its worker took to load the encoder and the concept matrix (once per worker)
 
 
-def make_spec(encoder: Artifact, k: int, cfg: dict, cache: Path) -> IndexSpec:
-    """The spec of a run: ``cfg`` is ``params.yaml: concepts.index``."""
+def make_spec(encoder: Artifact, k: int, cfg: dict, cache_root: Path) -> IndexSpec:
+    """The spec of a run: ``cfg`` is ``params.yaml: concepts.index``. The encoder folder and the concept matrix are
+    keyed by the digests the concept_encoder artifact recorded (a 4 GB encoder is not re-read to key it)."""
     if cfg["dtype"] not in DTYPES:
         raise ValueError(f"params.yaml concepts.index.dtype must be one of {sorted(DTYPES)}, not {cfg['dtype']!r}")
     enc, concepts = (encoder / "encoder").resolve(), (encoder / "concept_embeddings.npy").resolve()
-    key = digest_json({"encoder": digest_dir(enc), "concepts": digest_file(concepts), "k": k, "dtype": cfg["dtype"],
-                       "batch": cfg["batch"], "embeddings": cfg["embeddings"], "code": code_digest(__name__)})
+    folder = digest_json({rel: d for rel, d in encoder.meta["file_digests"].items() if rel.startswith("encoder/")})
+    cache = ShardCache(cache_root.resolve(), code=code_digest(__name__), suffix=".npz",
+                       inputs={"encoder": folder, "concepts": encoder.file_digest("concept_embeddings.npy")},
+                       params={"k": k, **cfg})
     return IndexSpec(encoder=str(enc), concepts=str(concepts), k=k, dtype=cfg["dtype"], batch=int(cfg["batch"]),
-                     embeddings=bool(cfg["embeddings"]), cache=str(cache.resolve()), key=key,
-                     n_concepts=len(np.load(concepts, mmap_mode="r")))
+                     embeddings=bool(cfg["embeddings"]), n_concepts=len(np.load(concepts, mmap_mode="r")),
+                     cache=cache)
 
 
 def shard_jobs(ingest: Artifact, pools: tuple[str, ...]) -> list[ShardJob]:
     """One job per shard of ``pools``, in sorted shard order."""
-    index = (ingest / "index.parquet").resolve()
-    return [ShardJob(s, str((ingest.path / s).resolve()), str(index), pools) for s in pool_shards(index, pools)]
+    return [ShardJob(s, str(ingest.path.resolve()), ingest.file_digest(s), pools) for s in shards_of(ingest, pools)]
 
 
 def index_shards(engine: Engine, spec: IndexSpec, jobs: list[ShardJob]) -> list[ShardResult]:
@@ -132,26 +133,29 @@ class ShardIndexer:
         self.start_seconds = time.perf_counter() - t0
 
     def run(self, job: ShardJob) -> ShardResult:
+        """The shard's part: read back if cached under its key, else computed and cached."""
         t0 = time.perf_counter()
-        rows = shard_rows(Path(job.index), job.pools, job.shard, ["sample_id", "key", "source"]).to_pydict()
-        key = digest_json([self.spec.key, self.device.type, digest_file(job.path), rows])
-        part = Path(self.spec.cache) / f"{key}.npz"
-        if part.is_file():
-            with np.load(part) as cached:
-                images, rejected = len(cached["sample_id"]), len(cached["reject_sample_id"])
-            return ShardResult(job.shard, str(part), images, rejected, True, time.perf_counter() - t0,
-                               self.start_seconds)
-        arrays = self._index(job, rows)
-        save_arrays(part, arrays)
-        return ShardResult(job.shard, str(part), len(arrays["sample_id"]), len(arrays["reject_sample_id"]), False,
-                           time.perf_counter() - t0, self.start_seconds)
+        ingest = open_ingest(job.ingest)
+        rows = index_table(ingest, job.pools, ["sample_id", "key", "source"], shard=job.shard).to_pydict()
+        key = digest_json([job.digest, rows, self.device.type])  # the rows ingest kept; a GPU rounds unlike a CPU
+        part = self.spec.cache.get(key)
+        reused = part is not None
+        if not reused:
+            with self.spec.cache.writing(key) as tmp:
+                np.savez(tmp, **self._index(ingest, job, rows))
+            part = self.spec.cache.get(key)
+        with np.load(part) as arrays:
+            images, rejected = len(arrays["sample_id"]), len(arrays["reject_sample_id"])
+        return ShardResult(job.shard, str(part), images, rejected, reused, time.perf_counter() - t0,
+                           self.start_seconds)
 
-    def _index(self, job: ShardJob, rows: dict[str, list]) -> dict[str, np.ndarray]:
+    def _index(self, ingest: Artifact, job: ShardJob, rows: dict[str, list]) -> dict[str, np.ndarray]:
         row_of = {key: i for i, key in enumerate(rows["key"])}
         kept: list[int] = []
         rejects: dict[int, str] = {}
         ids, sims, embs = [], [], []
-        for batch, pixels in self._batches(shard_samples(job.path, set(row_of)), row_of, rejects):
+        samples = ((row["key"], images) for row, _, images in iter_samples(ingest, job.pools, shards=(job.shard,)))
+        for batch, pixels in self._batches(samples, row_of, rejects):
             emb = self.encoder.embed_pixels(pixels)
             top_ids, top_sims = topk_concepts(emb.to(self.matmul), self.concepts, self.spec.k,
                                               concept_block=65536 if self.device.type == "cuda" else 16384)
@@ -160,8 +164,6 @@ class ShardIndexer:
             sims.append(top_sims)
             if self.spec.embeddings:
                 embs.append(emb.to(torch.float16).cpu().numpy())
-        for i in sorted(set(range(len(rows["key"]))) - set(kept) - set(rejects)):
-            rejects[i] = "sample not found in its shard"
         width = self.concepts.shape[1]
         sample_ids = [rows["sample_id"][i] for i in kept]
         out = {"sample_id": np.array(sample_ids, dtype=str), "key": np.array([rows["key"][i] for i in kept], dtype=str),
@@ -177,14 +179,14 @@ class ShardIndexer:
                 "reject_reason": np.array([rejects[i] for i in order], dtype=str)}
         return out
 
-    def _batches(self, samples: Iterator[tuple[str, dict[str, bytes]]], row_of: dict[str, int],
+    def _batches(self, samples: Iterator[tuple[str, list[bytes]]], row_of: dict[str, int],
                  rejects: dict[int, str]) -> Iterator[tuple[list[int], torch.Tensor]]:
         """(rows, pixels) of ``spec.batch`` readable images at a time, in shard order; unreadable ones go to
         ``rejects``. With a thread pool, batch i+1 is preprocessed while the caller runs batch i on the device."""
         pending: tuple[list[int], list] | None = None
         chunk: list[tuple[int, bytes | None]] = []
-        for key, files in samples:
-            chunk.append((row_of[key], first_image(files)))
+        for key, images in samples:
+            chunk.append((row_of[key], images[0] if images else None))
             if len(chunk) == self.spec.batch:
                 started, chunk = self._start(chunk), []
                 if pending is not None:

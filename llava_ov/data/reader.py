@@ -1,15 +1,22 @@
-"""Reading samples back out of an ``ingest`` artifact, for every stage downstream of it."""
+"""Reading samples back out of an ``ingest`` artifact, for every stage downstream of it.
+
+``index.parquet`` is read through pyarrow with the pool and shard predicates pushed down, one shard's rows at a
+time, so no reader holds Python objects for a whole pool. Every row the index names must be found in its shard:
+a missing sample is an error naming the shard and key, never a silent skip.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from llava_ov.artifacts import Artifact, open_artifact
-from llava_ov.data.shards import read_shard
+from llava_ov.artifacts import Artifact, ArtifactError, open_artifact
+from llava_ov.data.shards import read_shard, sample_images
 
 KIND, SCHEMA = "ingest", 1
 
@@ -18,26 +25,43 @@ def open_ingest(path: Path | str = "artifacts/ingest") -> Artifact:
     return open_artifact(path, KIND, SCHEMA)
 
 
-def index(art: Artifact, pools: tuple[str, ...] | None = None) -> list[dict]:
-    """Rows of ``index.parquet`` (optionally only some pools), in file order."""
-    rows = pq.read_table(art / "index.parquet").to_pylist()
-    return [r for r in rows if pools is None or r["pool"] in pools]
+def index_table(art: Artifact, pools: Sequence[str] | None = None, columns: list[str] | None = None,
+                shard: str | None = None) -> pa.Table:
+    """Rows of ``index.parquet`` (of some pools / one shard), in file order, as an Arrow table."""
+    filters = []
+    if pools is not None:
+        filters.append(("pool", "in", list(pools)))
+    if shard is not None:
+        filters.append(("shard", "==", shard))
+    return pq.read_table(art / "index.parquet", columns=columns, filters=filters or None)
 
 
-def iter_samples(art: Artifact, pools: tuple[str, ...],
-                 shards: tuple[str, ...] | None = None) -> Iterator[tuple[dict, dict, list[bytes]]]:
+def index(art: Artifact, pools: Sequence[str] | None = None) -> list[dict]:
+    """Rows of ``index.parquet`` as dicts: for small pools only (a row is a Python object)."""
+    return index_table(art, pools).to_pylist()
+
+
+def shards_of(art: Artifact, pools: Sequence[str]) -> list[str]:
+    """The shards holding samples of ``pools``, sorted."""
+    return sorted(pc.unique(index_table(art, pools, columns=["shard"])["shard"]).to_pylist())
+
+
+def iter_samples(art: Artifact, pools: Sequence[str],
+                 shards: Sequence[str] | None = None) -> Iterator[tuple[dict, dict, list[bytes]]]:
     """(index row, sample json, image bytes) for every kept sample of ``pools`` (optionally of some shards)."""
-    by_shard: dict[str, dict[str, dict]] = {}
-    for row in index(art, pools):
-        if shards is not None and row["shard"] not in shards:
-            continue
-        by_shard.setdefault(row["shard"], {})[row["key"]] = row
-    for shard in sorted(by_shard):
-        wanted = by_shard[shard]
+    for shard in shards_of(art, pools) if shards is None else sorted(shards):
+        wanted = {row["key"]: row for row in index_table(art, pools, shard=shard).to_pylist()}
+        found = 0
         for raw in read_shard(art.path / shard):
             row = wanted.get(raw.key)
             if row is None or raw.error:
-                continue  # not a kept sample of these pools (rejected at ingest, or another pool)
-            images = [raw.files[f"{i}.{ext}"] for i in range(row["n_images"])
-                      for ext in ("png", "jpg", "jpeg", "webp") if f"{i}.{ext}" in raw.files]
+                continue  # a sample of another pool in the same shard
+            found += 1
+            images = sample_images(raw.files)
+            if len(images) != row["n_images"]:
+                raise ArtifactError(f"{art.path / shard}: sample {raw.key} has {len(images)} image(s), the index "
+                                    f"says {row['n_images']}; rebuild ingest (dvc repro ingest)")
             yield row, json.loads(raw.files["json"]), images
+        if found != len(wanted):
+            raise ArtifactError(f"{art.path / shard}: {len(wanted) - found} sample(s) that index.parquet lists are not "
+                                f"in the shard; the artifact is damaged: rebuild ingest (dvc repro ingest)")

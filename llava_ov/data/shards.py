@@ -41,6 +41,11 @@ def messages_text(messages: list[dict]) -> str:
     return json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":"))
 
 
+def encode_meta(meta: dict) -> bytes:
+    """The bytes of a sample's ``json`` member as ingest writes it (sorted keys: the same meta, the same bytes)."""
+    return json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+
 def _member_order(name: str) -> tuple:
     # json first, then images by index: readers see the metadata before the pixels.
     ext = name.split(".", 1)[1] if "." in name else name
@@ -61,12 +66,15 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 class ShardWriter:
     """Writes samples into ``<directory>/<prefix>-NNNNNN.tar`` shards, starting a new shard past ``max_bytes``.
 
-    ``shards`` lists the written shard paths; ``counts`` the number of samples in each.
+    With ``numbered=False`` it writes exactly one shard, ``<directory>/<prefix>.tar``, whatever its size (ingest
+    converts each released source file into one shard). ``shards`` lists the written shard paths; ``counts`` the
+    number of samples in each.
     """
 
     directory: Path
     prefix: str
     max_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    numbered: bool = True
     shards: list[Path] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
     _tar: tarfile.TarFile | None = None
@@ -74,7 +82,7 @@ class ShardWriter:
 
     def _open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{self.prefix}-{len(self.shards):06d}.tar"
+        path = self.directory / (f"{self.prefix}-{len(self.shards):06d}.tar" if self.numbered else f"{self.prefix}.tar")
         self._tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
         self.shards.append(path)
         self.counts.append(0)
@@ -83,7 +91,7 @@ class ShardWriter:
     def write(self, key: str, files: dict[str, bytes]) -> str:
         """Write one sample; ``files`` maps extension (``json``, ``0.png``, ...) to bytes. Returns the shard name."""
         size = sum(len(v) + 1024 for v in files.values())
-        if self._tar is None or (self._bytes and self._bytes + size > self.max_bytes):
+        if self._tar is None or (self.numbered and self._bytes and self._bytes + size > self.max_bytes):
             self.close()
             self._open()
         for ext in sorted(files, key=lambda e: _member_order(f"k.{e}")):
@@ -106,11 +114,30 @@ class ShardWriter:
 
 @dataclass
 class RawSample:
-    """The members of one sample as read from a shard; ``error`` is set when the sample must be rejected."""
+    """The members of one sample as read from a shard; ``error`` is set when the sample must be rejected.
+
+    ``offset`` is the byte offset of its first member's header in the shard and ``size`` the bytes up to the end
+    of its last member's (padded) data: :func:`read_sample_at` reads it back alone with one seek.
+    """
 
     key: str
     files: dict[str, bytes]
     error: str | None = None
+    offset: int = 0
+    size: int = 0
+
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+
+
+def sample_images(files: dict[str, bytes]) -> list[bytes]:
+    """A sample's images in order: its members ``0.<ext>``, ``1.<ext>``, ... (the internal schema)."""
+    found = {}
+    for name, data in files.items():
+        index, _, ext = name.partition(".")
+        if index.isdigit() and ext in IMAGE_EXTS:
+            found[int(index)] = data
+    return [found[i] for i in sorted(found)]
 
 
 def unsafe_member(name: str) -> bool:
@@ -129,6 +156,38 @@ def _check_end_marker(path: Path, offset: int) -> None:
                          f"re-download or rebuild it")
 
 
+def _samples(tar: tarfile.TarFile) -> Iterator[RawSample]:
+    """The samples of an open tar, grouped by key, with their byte extents (see :class:`RawSample`)."""
+    current: RawSample | None = None
+    for member in tar:
+        name = member.name
+        end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        if unsafe_member(name):
+            key = Path(name).name.split(".", 1)[0] or name
+            if current is not None:
+                yield current
+            current = RawSample(key=key, files={}, error=f"unsafe tar member path {name!r}", offset=member.offset,
+                                size=end - member.offset)
+            continue
+        if not member.isfile():
+            continue
+        base = name.rsplit("/", 1)[-1]
+        prefix = name[: len(name) - len(base)]
+        if "." not in base:
+            continue
+        stem, ext = base.split(".", 1)
+        key = prefix + stem
+        if current is None or current.key != key:
+            if current is not None:
+                yield current
+            current = RawSample(key=key, files={}, offset=member.offset)
+        f = tar.extractfile(member)
+        current.files[ext] = f.read() if f is not None else b""
+        current.size = end - current.offset
+    if current is not None:
+        yield current
+
+
 def read_shard(path: Path | str) -> Iterator[RawSample]:
     """Yield the samples of a webdataset shard in file order, grouped by key.
 
@@ -136,34 +195,34 @@ def read_shard(path: Path | str) -> Iterator[RawSample]:
     written anywhere. A truncated or corrupt tar raises :class:`ShardError` naming the shard.
     """
     path = Path(path)
-    current: RawSample | None = None
     try:
         with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                name = member.name
-                if unsafe_member(name):
-                    key = Path(name).name.split(".", 1)[0] or name
-                    if current is not None:
-                        yield current
-                    current = RawSample(key=key, files={}, error=f"unsafe tar member path {name!r}")
-                    continue
-                if not member.isfile():
-                    continue
-                base = name.rsplit("/", 1)[-1]
-                prefix = name[: len(name) - len(base)]
-                if "." not in base:
-                    continue
-                stem, ext = base.split(".", 1)
-                key = prefix + stem
-                if current is None or current.key != key:
-                    if current is not None:
-                        yield current
-                    current = RawSample(key=key, files={})
-                f = tar.extractfile(member)
-                current.files[ext] = f.read() if f is not None else b""
+            yield from _samples(tar)
             end = tar.offset
         _check_end_marker(path, end)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise ShardError(f"shard {path} is truncated or not a valid tar ({e}); re-download or rebuild it") from e
-    if current is not None:
-        yield current
+
+
+def read_sample_at(path: Path | str, offset: int, size: int, key: str | None = None) -> RawSample:
+    """The one sample whose members span ``[offset, offset + size)`` of an uncompressed shard, read with one seek.
+
+    ``key``, when given, must be the sample's key: a stale offset (the shard was rewritten) is an error, never
+    another sample's data.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise EOFError(f"{size - len(data)} bytes short")
+        with tarfile.open(fileobj=io.BytesIO(data + b"\0" * 2 * tarfile.BLOCKSIZE), mode="r:") as tar:
+            samples = list(_samples(tar))
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ShardError(f"shard {path}: no sample at bytes {offset}..{offset + size} ({e}); rebuild the "
+                         f"artifact that recorded these offsets") from e
+    if len(samples) != 1 or (key is not None and samples[0].key != key):
+        found = [s.key for s in samples]
+        raise ShardError(f"shard {path}: bytes {offset}..{offset + size} hold {found}, not sample {key!r}; the "
+                         f"shard changed after its offsets were recorded: rebuild the artifact that recorded them")
+    return RawSample(samples[0].key, samples[0].files, samples[0].error, offset, size)

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Callable, Iterable
 
-import xxhash
-
 from llava_ov.artifacts import Artifact, digest_json
+from llava_ov.code_digest import code_digest
 from llava_ov.data.reader import iter_samples
 from llava_ov.eval.cache import ResultCache, cache_key
-from llava_ov.eval.tasks import Task
+from llava_ov.eval.tasks import Task, dialogue
 from llava_ov.text.template import PLACEHOLDER
 
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -47,6 +45,7 @@ class BlindBaseline:
         """Count (source, pattern) -> answer over the user/assistant pairs of training conversations."""
         pairs: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for source, messages in conversations:
+            messages = dialogue(messages)
             for q, a in zip(messages[::2], messages[1::2]):
                 if q["role"] == "user" and a["role"] == "assistant":
                     pairs[source].append((q["content"], a["content"]))
@@ -79,9 +78,8 @@ class BlindBaseline:
 
 
 def cached_blind_baseline(ingest: Artifact, pools: tuple[str, ...], cache: ResultCache) -> BlindBaseline:
-    """The baseline fitted on ``pools`` of an ingest artifact, cached by (ingest digest, pools, this code)."""
-    code = xxhash.xxh3_128_hexdigest(Path(__file__).read_bytes())
-    key = cache_key("blind", ingest.digest, digest_json(sorted(pools)), code)
+    """The baseline fitted on ``pools`` of an ingest artifact, cached by (ingest digest, pools, the code it runs)."""
+    key = cache_key("blind", ingest.digest, digest_json(sorted(pools)), code_digest(__name__))
     cached = cache.get(key)
     if cached is not None:
         return BlindBaseline(**cached)

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import io
 
-import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from PIL import Image
 
-from llava_ov.eval.checkpoint import load_checkpoint
+from llava_ov.eval.parallel import ParallelScorer, open_scorer
 from llava_ov.eval.scoring import Prompt, Scorer
 from llava_ov.text.template import PLACEHOLDER
 
@@ -42,7 +41,7 @@ def _image_bytes(visual) -> bytes:
         return bytes(visual)
     if isinstance(visual, Image.Image):
         buf = io.BytesIO()
-        visual.save(buf, format="PNG")  # lossless, and a stable key for the scorer's feature cache
+        visual.save(buf, format="PNG", compress_level=1)  # lossless, fast, a stable key for the feature cache
         return buf.getvalue()
     raise TypeError(f"{MODEL_ID} handles images only; got a visual of type {type(visual).__name__} "
                     f"(videos and audio are not supported by this adapter)")
@@ -65,19 +64,34 @@ def _stop(text: str, until: list[str]) -> str:
 
 
 class LlavaOV15Local(lmms):
-    """LLaVA-OV-1.5 from a local Hugging Face folder (``pretrained``), on ``device`` (cpu, cuda, cuda:N)."""
+    """LLaVA-OV-1.5 from a local Hugging Face folder (``pretrained``).
+
+    ``device`` is ``cpu``, ``cuda``, ``cuda:N`` or ``auto``; ``data_parallel`` replicas (``auto``: one per visible
+    GPU) score the requests in parallel, one process each (:mod:`llava_ov.eval.parallel`). This replaces
+    ``accelerate launch``: lmms-eval sees one process, so its sample logs stay in document order.
+    ``max_pixels``/``min_pixels`` bound the resize (the published evaluation: ``max_pixels=3240000``).
+    """
 
     is_simple = True
 
     def __init__(self, pretrained: str, batch_size: int | str | None = 8, max_pixels: int | str | None = None,
-                 device: str | None = "cpu", dtype: str = "float32", max_new_tokens: int | str = 128,
+                 min_pixels: int | str | None = None, device: str | None = "cpu", data_parallel: int | str = 1,
+                 dtype: str = "float32", max_new_tokens: int | str = 128, threads: int | str = 0,
                  **unused) -> None:
         super().__init__()
-        ckpt = load_checkpoint(pretrained, dtype=getattr(torch, dtype),
-                               max_pixels=int(max_pixels) if max_pixels else None)
-        ckpt.model.to(device or "cpu")
-        self.scorer = Scorer(ckpt, batch_size=int(batch_size or 8), progress=False)
+        self.scorer = open_scorer(pretrained, device or "cpu", data_parallel, dtype=dtype,
+                                  batch_size=int(batch_size or 8), max_pixels=int(max_pixels or 0),
+                                  min_pixels=int(min_pixels or 0), threads=int(threads or 0))
         self.default_max_new_tokens = int(max_new_tokens)
+
+    @classmethod
+    def around(cls, scorer: Scorer | ParallelScorer, max_new_tokens: int = 128) -> "LlavaOV15Local":
+        """The adapter over an already opened scorer (the eval stage opens one and uses it for both lmms-eval's
+        generation tasks and its own log-likelihood metrics)."""
+        lm = cls.__new__(cls)
+        lmms.__init__(lm)
+        lm.scorer, lm.default_max_new_tokens = scorer, max_new_tokens
+        return lm
 
     def _doc(self, task: str, split: str, doc_id: int):
         return self.task_dict[task][split][doc_id]

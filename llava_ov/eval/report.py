@@ -1,9 +1,10 @@
 """The build report: what each stage bought, as Markdown + HTML with PNG plots (matplotlib, Agg).
 
 Inputs are the small files other stages already write: ``metrics/eval_<stage>.json`` (accuracy per task and
-category, blind baseline), ``metrics/balance.json`` (concept coverage), pack plans + lengths (pack fill),
-DVCLive training logs (``plots/train_<stage>/plots/metrics/loss.tsv``) and every stage's ``seconds``. A section
-whose inputs are not built yet says so instead of failing, so the report can be built at any point of the graph.
+category, blind baseline; lmms-eval benchmarks, put beside the published table of :mod:`llava_ov.eval.published`),
+``metrics/balance.json`` (concept coverage), pack plans + lengths (pack fill), DVCLive training logs
+(``plots/train_<stage>/plots/metrics/loss.tsv``) and every stage's ``seconds``. A section whose inputs are not
+built yet says so instead of failing, so the report can be built at any point of the graph.
 Plots carry no timestamps: the same inputs give byte-identical PNGs.
 """
 
@@ -20,6 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+
+from llava_ov.eval.published import compare, comparison_table, load_table  # noqa: E402
 
 PNG_META = {"Software": None}  # no version string: PNG bytes depend on the data only
 
@@ -49,6 +52,37 @@ def eval_table(evals: dict[str, dict]) -> list[list[str]]:
             rows.append([task, metric, *("" if v is None else f"{v:.3f}" for v in values),
                          f"{blind:.3f}" if metric == "accuracy" and blind is not None else ""])
     return rows
+
+
+LMMS_COUNTS = ("samples", "mc_samples", "failed")
+
+
+def lmms_table(evals: dict[str, dict]) -> list[list[str]]:
+    """Rows: lmms-eval task × metric (loss and likelihood multiple choice first, then the task's own generation
+    metrics), one column per stage; a metric a stage did not compute is "—"."""
+    stages = list(evals)
+    results = {s: evals[s].get("lmms", {}) for s in stages}
+    rows = [["task", "metric", *stages]]
+    for task in sorted({t for r in results.values() for t in r}):
+        names = {k for r in results.values() for k in r.get(task, {}) if k not in LMMS_COUNTS}
+        for metric in sorted(names, key=lambda k: (k not in ("loss", "mc_accuracy"), k != "loss", k)):
+            values = [results[s].get(task, {}).get(metric) for s in stages]
+            rows.append([task, metric, *("—" if v is None else f"{v:.3f}" for v in values)])
+        failed = max(results[s].get(task, {}).get("failed", 0) for s in stages)
+        if failed:
+            rows.append([task, "items whose images do not decode (left out)", *[str(failed)] * len(stages)])
+    return rows
+
+
+def lmms_note(evals: dict[str, dict]) -> str:
+    generated = [s for s, m in evals.items() if m.get("lmms_generation")]
+    return ("loss = NLL per token of the reference answer; mc_accuracy = multiple choice by log-likelihood (the "
+            "task's choices, or the option letters of letter-answer benchmarks); the other metrics are the "
+            "benchmark's own, from generated answers (greedy), as lmms-eval scores them. Generation benchmarks run "
+            f"only on the checkpoints of eval.lmms.generation_stages ({', '.join(generated) or 'none evaluated'}): "
+            "earlier checkpoints are not instruction-tuned (Stage-1 trains the merger on captions, Stage-1.5 on "
+            "descriptions), so they do not answer a question with a letter or a word and score about 0; their "
+            "loss and likelihood multiple choice show what each stage changed.")
 
 
 def stage_checks(evals: dict[str, dict], expect: dict[str, dict]) -> list[dict]:
@@ -193,9 +227,12 @@ def _html_table(rows: list[list[str]]) -> str:
 
 
 def build_report(root: Path, out: Path, eval_stages: list[str], train_stages: list[str],
-                 pack_stages: list[str], timed: list[str], expect: dict[str, dict] | None = None) -> dict:
-    """Write ``report.md``, ``report.html`` and the PNGs into ``out``; return a summary (sections built, and
-    whether each stage moved its own metric the expected way, see :func:`stage_checks`)."""
+                 pack_stages: list[str], timed: list[str], expect: dict[str, dict] | None = None,
+                 published: dict | None = None) -> dict:
+    """Write ``report.md``, ``report.html`` and the PNGs into ``out``; return a summary (sections built, whether
+    each stage moved its own metric the expected way, see :func:`stage_checks`, and, where lmms-eval benchmarks
+    were run, this build beside the published scores: ``published`` is ``report.published``, i.e. the ``model``
+    column reproduced, the ``stage`` compared and the ``tolerance`` in points)."""
     metrics = root / "metrics"
     sections: list[tuple[str, str | None, list[list[str]] | None, str]] = []  # title, png, table, note
 
@@ -211,6 +248,17 @@ def build_report(root: Path, out: Path, eval_stages: list[str], train_stages: li
                          "accuracy = greedy generation, normalised exact match; mc_accuracy = log-likelihood "
                          "multiple choice; loss = NLL per answer token; blind = most frequent training answer "
                          "per question pattern (no image)."))
+    comparison = []
+    if any("lmms" in m for m in evals.values()):
+        sections.append(("lmms-eval benchmarks per stage", None, lmms_table(evals), lmms_note(evals)))
+        cfg = published or {"model": "", "stage": list(evals)[-1], "tolerance": 0.0}  # no model: no Δ column
+        table = load_table()
+        comparison = compare(table, evals.get(cfg["stage"], {}).get("lmms", {}), cfg["model"], cfg["tolerance"])
+        notes = "; ".join(f"{r['name']}: {r['note']}" for r in comparison if r["note"])
+        sections.append(("Published benchmarks", None,
+                         comparison_table(comparison, table, cfg["model"], cfg["stage"], cfg["tolerance"]),
+                         f"Published: {table['source'].strip()}. This build: lmms-eval through the project's "
+                         f"adapter, in percent. " + (f"{notes}." if notes else "")))
     curves = {s: c for s in train_stages if (c := read_loss(root / "plots" / f"train_{s}"))}
     if curves:
         sections.append(("Training loss per stage", plot_losses(curves, out), None, ""))
@@ -255,4 +303,6 @@ def build_report(root: Path, out: Path, eval_stages: list[str], train_stages: li
     (out / "report.md").write_text("\n".join(md))
     (out / "report.html").write_text("<!doctype html><html><body>" + "\n".join(body) + "</body></html>\n")
     return {"sections": len(sections), "missing": missing, "eval_stages": list(evals), "train_stages": list(curves),
-            "as_expected": {c["stage"]: c["ok"] for c in checks}}
+            "as_expected": {c["stage"]: c["ok"] for c in checks},
+            **({"published": {r["task"]: {k: r[k] for k in ("value", "published", "delta", "within_tolerance")}
+                              for r in comparison}} if comparison else {})}

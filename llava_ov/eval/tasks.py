@@ -1,9 +1,12 @@
 """Offline evaluation tasks: specs are data (``llava_ov/eval/tasks/<name>.yaml``), instances are hash-pinned.
 
 A spec says which eval-pool samples a task takes (``select``), how its prompt is formed (``prompt``: the sample's
-own user turn, or a fixed text), what the reference is (``target``: the sample's answer, or a per-source
-template over it), which metrics it reports, how answers are normalised before exact match, how choices are
-compared (``mc_score``: summed or per-token mean log-likelihood) and how long a generated answer may be.
+own user turn, a fixed text, or ``{pool: align}``: that training pool's instruction), what the reference is
+(``target``: the sample's answer, a per-source template over it, or ``{pool: align}``: each selected source's
+template of that pool), which metrics it reports, how answers are normalised before exact match, how choices are
+compared (``mc_score``: summed or per-token mean log-likelihood) and how long a generated answer may be. The
+``{pool: ...}`` forms read :mod:`llava_ov.data.prompts`, the strings the sources write the training pools with,
+and are resolved when the spec is loaded, so a loaded spec (and its digest) holds the texts themselves.
 
 Building a spec against the ``ingest`` artifact gives a :class:`Task`: the spec plus its items in sorted
 sample-id order. Its ``digest`` covers the spec and every item's id, prompt, reference and choices, so a changed
@@ -18,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-import yaml
-
 from llava_ov.artifacts import digest_json
+from llava_ov.data.prompts import POOL_PROMPTS, POOL_TEMPLATES, with_image
+from llava_ov.params import read_yaml
 
 SPEC_DIR = Path(__file__).with_name("tasks")
 METRICS = ("accuracy", "mc_accuracy", "loss")
@@ -72,7 +75,7 @@ def load_spec(name: str, spec_dir: Path = SPEC_DIR) -> dict:
     if not path.is_file():
         known = sorted(p.stem for p in spec_dir.glob("*.yaml"))
         raise FileNotFoundError(f"no task spec {path}; known tasks: {known}")
-    spec = yaml.safe_load(path.read_text())
+    spec = read_yaml(path)
     missing, extra = SPEC_KEYS - set(spec), set(spec) - SPEC_KEYS
     if missing or extra:
         raise ValueError(f"task spec {path}: missing keys {sorted(missing)}, unknown keys {sorted(extra)}")
@@ -85,7 +88,33 @@ def load_spec(name: str, spec_dir: Path = SPEC_DIR) -> dict:
                          f"metrics {METRICS}, normalisers {sorted(NORMALISERS)}, mc_score sum|mean")
     if not set(spec["select"]) <= {"task", "source"}:
         raise ValueError(f"task spec {path}: select may filter on 'task' and/or 'source', got {spec['select']}")
-    return spec
+    return _resolve_pool_texts(spec, path)
+
+
+def _pool_ref(spec: dict, key: str, table: dict, path: Path) -> str | None:
+    """The pool that a ``{pool: <pool>}`` value of ``key`` names (one ``table`` knows), or None for a literal."""
+    ref = spec[key]
+    if not (isinstance(ref, dict) and set(ref) == {"pool"}):
+        return None
+    if ref["pool"] not in table:
+        raise ValueError(f"task spec {path}: {key} names pool {ref['pool']!r}; known: {sorted(table)}")
+    return ref["pool"]
+
+
+def _resolve_pool_texts(spec: dict, path: Path) -> dict:
+    """``prompt``/``target`` given as ``{pool: <pool>}`` replaced by the texts of :mod:`llava_ov.data.prompts`:
+    the pool's instruction after the image, and the pool's template of each selected source."""
+    resolved = dict(spec)
+    if pool := _pool_ref(spec, "prompt", POOL_PROMPTS, path):
+        resolved["prompt"] = with_image(POOL_PROMPTS[pool])
+    if pool := _pool_ref(spec, "target", POOL_TEMPLATES, path):
+        sources, templates = spec["select"].get("source") or [], POOL_TEMPLATES[pool]
+        sources = [sources] if isinstance(sources, str) else sources
+        if not sources or set(sources) - set(templates):
+            raise ValueError(f"task spec {path}: target {{pool: {pool}}} needs select.source among the sources "
+                             f"with a template for pool {pool}, {sorted(templates)}; got {sources}")
+        resolved["target"] = {source: templates[source] for source in sources}
+    return resolved
 
 
 def _selected(spec: dict, sample: dict) -> bool:
@@ -106,6 +135,11 @@ def _target(spec: dict, sample: dict) -> str:
     return target[sample["source"]].format(answer=sample["answer"])
 
 
+def dialogue(messages: list[dict]) -> list[dict]:
+    """The user/assistant turns of a conversation: its optional leading system turn (kept by ingest) left out."""
+    return messages[1:] if messages and messages[0]["role"] == "system" else messages
+
+
 def build_task(spec: dict, samples: Iterable[tuple[dict, list[bytes]]], max_items: int = 0) -> Task:
     """The task's items from eval-pool (sample json, image bytes) pairs, sorted by sample id.
 
@@ -115,9 +149,10 @@ def build_task(spec: dict, samples: Iterable[tuple[dict, list[bytes]]], max_item
     for sample, images in samples:
         if not _selected(spec, sample):
             continue
-        prompt = sample["messages"][0]["content"] if spec["prompt"] == "sample" else spec["prompt"]
-        if sample["messages"][0]["role"] != "user":
+        turns = dialogue(sample["messages"])
+        if turns[0]["role"] != "user":
             raise ValueError(f"eval sample {sample['id']} ({sample['source']}) does not start with a user turn")
+        prompt = turns[0]["content"] if spec["prompt"] == "sample" else spec["prompt"]
         items.append(Item(sample_id=sample["id"], source=sample["source"], category=sample["category"],
                           prompt=prompt, images=tuple(images), target=_target(spec, sample),
                           choices=tuple(sample.get("choices") or ())))

@@ -1,7 +1,9 @@
 """Run megatron-core on a machine without CUDA: the one place that adapts it to CPU + gloo.
 
 megatron-core hard-codes CUDA in a few places that a CPU run reaches: ``torch.cuda.current_device()`` for buffer
-and rotary-table devices, ``torch.cuda.synchronize()``, a CUDA RNG-state tracker for dropout/init forks,
+and rotary-table devices, ``torch.cuda.synchronize()``, a CUDA RNG-state tracker for dropout/init forks, the CUDA
+generator's state that activation recompute saves and restores around a layer (the CPU generator, which CPU
+dropout draws from, is saved and restored beside it already),
 ``device='cuda'`` literals and ``Tensor.type() == 'torch.cuda.FloatTensor'`` checks in the optimizer, gradient
 clipping and DDP buffers, ``.cuda()`` moves in optimizer state loading. :func:`apply` fixes the first three
 process-wide (they would only raise on a CPU machine anyway); :func:`device_scope` maps the rest to the CPU only
@@ -89,6 +91,8 @@ def apply() -> bool:
     torch.cuda.synchronize = lambda device=None: None
     # The inference tracker's fork() is a plain context: dropout/init draw from torch's seeded CPU generator.
     tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+    tensor_parallel.random._get_cuda_rng_state = lambda *args, **kwargs: torch.empty(0, dtype=torch.uint8)
+    tensor_parallel.random._set_cuda_rng_state = lambda *args, **kwargs: None
     transformer_utils.get_default_causal_mask = _cpu_causal_mask
     _unshare_adam_steps()
     fused_softmax.get_default_causal_mask = _cpu_causal_mask  # imported by name there

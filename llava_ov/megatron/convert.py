@@ -1,26 +1,33 @@
 """HF (released layout) <-> megatron-core state dicts for any tensor (TP) and pipeline (PP) split.
 
-Pure tensor code, no process groups: :func:`hf_to_megatron` turns one HF state dict into one state dict per
-(pp_rank, tp_rank); :func:`megatron_to_hf` inverts it exactly (bit for bit). The mapping follows the published
+Pure tensor code, no process groups: :func:`rank_shard` builds one (pp_rank, tp_rank)'s state dict from a
+reader of HF tensor *slices*, so a rank reads only the rows/columns it holds (a checkpoint on disk is read
+through :class:`llava_ov.model.weights.SliceReader`); :func:`hf_to_megatron` does it for every rank from an
+in-memory state dict; :func:`megatron_to_hf` inverts it exactly (bit for bit). The mapping follows the published
 converter: Qwen3 q/k/v are regrouped per KV group (``[q heads of the group, k, v]`` per group) into
 ``linear_qkv``; gate/up are concatenated per TP rank into ``linear_fc1``; embeddings, QKV and fc1 split on dim 0,
 ``linear_proj`` and fc2 on dim 1; the vocabulary is padded to a multiple of 128 × TP; decoder layers are split
 evenly across pipeline stages, with the ViT and merger on the first. The ViT's fused ``attn.qkv`` is regrouped
 per head the same way (one KV group per head).
 
-Keys use the local layer spec's names; with Transformer Engine the fused-norm names differ and are renamed by
-:func:`to_te_names` (the recipe's ``linear_qkv.layer_norm_weight`` / ``mlp.linear_fc1.layer_norm_weight``).
+Keys use the local layer spec's names; with Transformer Engine (``te=True``) the norms fused into the next linear
+are named the TE way (the recipe's ``linear_qkv.layer_norm_weight`` / ``mlp.linear_fc1.layer_norm_weight``), by
+:func:`to_te_names` on the way in and :func:`from_te_names` on the way out.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 VOCAB_MULTIPLE = 128
 Shards = dict[tuple[int, int], dict[str, torch.Tensor]]  # (pp_rank, tp_rank) -> megatron state dict
+# read(name, dim, start, stop): rows/columns [start, stop) of dimension ``dim`` of HF tensor ``name`` (whole
+# tensor when start is None); .shape(name) gives its full shape without reading it
+Read = Callable[..., torch.Tensor]
 
 
 def padded_vocab(vocab: int, tp: int) -> int:
@@ -114,26 +121,43 @@ def _ungroup_qkv(x: torch.Tensor, heads: int, groups: int) -> tuple[torch.Tensor
     return (q.reshape(-1, *x.shape[1:]), k.reshape(-1, *x.shape[1:]), v.reshape(-1, *x.shape[1:]))
 
 
-def split(rule: Rule, tensors: list[torch.Tensor], tp: int) -> list[torch.Tensor]:
-    """HF tensors of one rule → the ``tp`` megatron shards."""
+def _chunk(n: int, tp: int, rank: int) -> tuple[int, int]:
+    """[start, stop) of ``torch.chunk(tp)``'s piece ``rank`` of a dimension of size ``n``."""
+    size = math.ceil(n / tp)
+    return min(n, rank * size), min(n, (rank + 1) * size)
+
+
+def split_rank(rule: Rule, read: Read, tp: int, rank: int) -> torch.Tensor:
+    """TP rank ``rank``'s megatron tensor of one rule, reading only the HF slices it is made of."""
+    name = rule.hf[0]
     if rule.kind == "rep":
-        return [tensors[0]] * tp
-    if rule.kind == "col":
-        return list(tensors[0].chunk(tp, 0))
-    if rule.kind == "row":
-        return list(tensors[0].chunk(tp, 1))
+        return read(name)
+    if rule.kind in ("col", "row"):
+        dim = 0 if rule.kind == "col" else 1
+        return read(name, dim, *_chunk(read.shape(name)[dim], tp, rank))
     if rule.kind == "vocab":
-        t = tensors[0]
-        pad = padded_vocab(t.shape[0], tp) - t.shape[0]
-        return list(torch.cat([t, t.new_zeros(pad, *t.shape[1:])]).chunk(tp, 0))
+        vocab, *rest = read.shape(name)
+        per = padded_vocab(vocab, tp) // tp
+        start, stop = min(vocab, rank * per), min(vocab, (rank + 1) * per)
+        real = read(name, 0, start, stop)
+        return torch.cat([real, real.new_zeros(per - real.shape[0], *rest)])
     if rule.kind in ("qkv", "fused_qkv"):
         if rule.groups % tp:
             raise ValueError(f"{rule.key}: {rule.groups} KV groups do not split over TP={tp}")
-        q, k, v = tensors[0].chunk(3, 0) if rule.kind == "fused_qkv" else tensors
-        return list(_group_qkv(q, k, v, rule.heads, rule.groups).chunk(tp, 0))
+        per_group, groups = rule.heads // rule.groups, rule.groups // tp
+        first = rank * groups
+        if rule.kind == "qkv":
+            head_dim = read.shape(name)[0] // rule.heads
+            q = read(rule.hf[0], 0, first * per_group * head_dim, (first + groups) * per_group * head_dim)
+            k, v = (read(n, 0, first * head_dim, (first + groups) * head_dim) for n in rule.hf[1:])
+        else:  # one [q; k; v] tensor, one KV group per head
+            width = read.shape(name)[0] // 3
+            head_dim = width // rule.heads
+            q, k, v = (read(name, 0, part * width + first * head_dim, part * width + (first + groups) * head_dim)
+                       for part in range(3))
+        return _group_qkv(q, k, v, per_group * groups, groups)
     if rule.kind == "gate_up":
-        gate, up = tensors
-        return [torch.cat([g, u]) for g, u in zip(gate.chunk(tp, 0), up.chunk(tp, 0))]
+        return torch.cat([read(n, 0, *_chunk(read.shape(n)[0], tp, rank)) for n in rule.hf])
     raise ValueError(f"unknown split kind {rule.kind!r}")
 
 
@@ -163,7 +187,29 @@ def _on_stage(rule: Rule, pp: int) -> int:
     return rule.stage if rule.stage < pp else pp - 1
 
 
-def hf_to_megatron(hf: dict[str, torch.Tensor], config, tp: int = 1, pp: int = 1) -> Shards:
+class _InMemory:
+    """A :data:`Read` over an in-memory HF state dict."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = state
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.state[name].shape)
+
+    def __call__(self, name: str, dim: int = 0, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        tensor = self.state[name]
+        return tensor if start is None else tensor.narrow(dim, start, stop - start)
+
+
+def rank_shard(config, read: Read, tp: int, pp: int, pp_rank: int, tp_rank: int,
+               te: bool = False) -> dict[str, torch.Tensor]:
+    """The megatron state dict of (``pp_rank``, ``tp_rank``), reading only this rank's slices through ``read``."""
+    out = {rule.key: split_rank(rule, read, tp, tp_rank).contiguous()
+           for rule in rules(config, pp) if _on_stage(rule, pp) == pp_rank}
+    return to_te_names(out) if te else out
+
+
+def hf_to_megatron(hf: dict[str, torch.Tensor], config, tp: int = 1, pp: int = 1, te: bool = False) -> Shards:
     """One megatron state dict per (pp_rank, tp_rank) from an HF state dict of ``config``."""
     table = rules(config, pp)
     wanted = {k for r in table for k in r.hf}
@@ -171,15 +217,14 @@ def hf_to_megatron(hf: dict[str, torch.Tensor], config, tp: int = 1, pp: int = 1
     if missing or extra:
         raise ValueError(f"HF state dict does not match the LLaVA-OV-1.5 layout: missing {missing[:5]}, "
                          f"unexpected {extra[:5]}")
-    out: Shards = {(p, r): {} for p in range(pp) for r in range(tp)}
-    for rule in table:
-        for r, shard in enumerate(split(rule, [hf[k] for k in rule.hf], tp)):
-            out[(_on_stage(rule, pp), r)][rule.key] = shard.contiguous()
-    return out
+    read = _InMemory(hf)
+    return {(p, r): rank_shard(config, read, tp, pp, p, r, te) for p in range(pp) for r in range(tp)}
 
 
-def megatron_to_hf(shards: Shards, config, tp: int = 1, pp: int = 1) -> dict[str, torch.Tensor]:
+def megatron_to_hf(shards: Shards, config, tp: int = 1, pp: int = 1, te: bool = False) -> dict[str, torch.Tensor]:
     """The HF state dict from the per-(pp_rank, tp_rank) megatron state dicts (exact inverse)."""
+    if te:
+        shards = {position: from_te_names(state) for position, state in shards.items()}
     vocab = config.text_config.vocab_size
     out = {}
     for rule in rules(config, pp):
@@ -189,7 +234,8 @@ def megatron_to_hf(shards: Shards, config, tp: int = 1, pp: int = 1) -> dict[str
         except KeyError as e:
             raise ValueError(f"megatron checkpoint lacks {rule.key} on pipeline stage {stage}: {e}") from e
         for key, tensor in zip(rule.hf, merge(rule, parts, vocab)):
-            out[key] = tensor.contiguous()
+            # a copy that owns its storage: vocabulary rows and q/k/v come out as views of bigger tensors
+            out[key] = tensor.clone(memory_format=torch.contiguous_format)
     return out
 
 

@@ -199,13 +199,14 @@ class LlavaOV15ForConditionalGeneration(LlavaOV15PreTrainedModel, GenerationMixi
         return inputs
 
 
-def load_state(folder: str | Path, config: LlavaOV15Config | type[LlavaOV15Config] = LlavaOV15Config,
-               ) -> tuple[LlavaOV15Config, dict[str, torch.Tensor]]:
-    """The config and every tensor (in-memory names) of a checkpoint folder, checked strictly against the model.
+def open_checked(folder: str | Path, config: LlavaOV15Config | type[LlavaOV15Config] = LlavaOV15Config,
+                 ) -> tuple[LlavaOV15Config, WeightFiles]:
+    """The config and the (unread) weight files of a checkpoint folder, checked strictly against the model.
 
     ``config`` is a config already read (as ``AutoModel`` passes it) or the class to read the folder's config.json
-    with. The shapes are checked from the safetensors headers before any tensor is read, against a model built on
-    the meta device from that config.
+    with. Names and shapes are checked from the safetensors headers, against a model built on the meta device from
+    that config, before any tensor is read; a training rank then reads only its slices
+    (:meth:`~llava_ov.model.weights.WeightFiles.slices`).
     """
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -217,6 +218,13 @@ def load_state(folder: str | Path, config: LlavaOV15Config | type[LlavaOV15Confi
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in LlavaOV15ForConditionalGeneration(config).state_dict().items()}
     check_tensors(folder, files.shapes(), expected)
+    return config, files
+
+
+def load_state(folder: str | Path, config: LlavaOV15Config | type[LlavaOV15Config] = LlavaOV15Config,
+               ) -> tuple[LlavaOV15Config, dict[str, torch.Tensor]]:
+    """The config and every tensor (in-memory names) of a checkpoint folder, checked by :func:`open_checked`."""
+    config, files = open_checked(folder, config)
     return config, files.read()
 
 

@@ -3,7 +3,8 @@
 Read top to bottom: patches (already in 2×2-window order) are embedded by a bias-free conv; every image gets a
 learned CLS token, whose rotary angle is learned too (``class_pos_emb``), while patches get 2D RoPE from their
 (row, col). All images go through the blocks as one sequence with block-diagonal attention, so no image sees
-another. CLS outputs are dropped and each 2×2 window of patch features is merged into one LLM token.
+another (:mod:`llava_ov.model.packed_attention`: varlen kernels on a GPU, windowed masks on the CPU). CLS
+outputs are dropped and each 2×2 window of patch features is merged into one LLM token.
 """
 
 from __future__ import annotations
@@ -14,11 +15,7 @@ from torch import nn
 
 from llava_ov.model.configuration import RiceVisionConfig
 from llava_ov.model.merger import PatchMerger
-
-try:  # flash-attn varlen on GPU when installed (the `gpu` extra); SDPA with a block mask otherwise
-    from flash_attn import flash_attn_varlen_func
-except ImportError:  # pragma: no cover - depends on the machine
-    flash_attn_varlen_func = None
+from llava_ov.model.packed_attention import packed_attention
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -43,17 +40,41 @@ def patch_rows_cols(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def rope_inv_freq(head_dim: int, theta: float, device: torch.device | str | None = None) -> torch.Tensor:
+    """2D RoPE frequencies: head_dim/4 per axis (rows, then columns) of base ``theta``: [head_dim / 4]."""
+    half = head_dim // 2
+    return 1.0 / theta ** (torch.arange(0, half, 2, device=device).float() / half)
+
+
+def cls_sequences(patches: torch.Tensor, grid_thw: torch.Tensor, class_embedding: torch.Tensor,
+                  class_pos_emb: torch.Tensor, inv_freq: torch.Tensor,
+                  merge: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every image as its own sequence, its CLS token first: (tokens [T, h], rotary angles [T, head_dim/2],
+    ``cu_seqlens``). A patch's angles come from its (row, col); the CLS's angle is learned (``class_pos_emb``).
+    Shared by the HF model and the megatron model, so the two can never disagree on positions."""
+    pos = patch_rows_cols(grid_thw, merge).to(patches.device)
+    patch_angles = torch.cat([pos[:, :1] * inv_freq, pos[:, 1:] * inv_freq], dim=-1)
+    sizes = (grid_thw[:, 0] * grid_thw[:, 1] * grid_thw[:, 2]).tolist()
+    tokens, angles = [], []
+    for feats, ang in zip(patches.split(sizes), patch_angles.split(sizes)):
+        tokens += [class_embedding[None].to(feats.dtype), feats]
+        angles += [class_pos_emb.float(), ang]
+    lengths = torch.tensor([n + 1 for n in sizes], device=patches.device)
+    return torch.cat(tokens), torch.cat(angles), F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+
+
+def drop_cls(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """The rows of ``x`` (first dim: tokens of :func:`cls_sequences`) without each image's CLS."""
+    keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    keep[cu_seqlens[:-1].long()] = False
+    return x[keep]
+
+
 def segment_ids(cu_seqlens: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
     """Segment index of each of ``total`` tokens, from boundaries ``cu_seqlens`` (0, ..., total): [total]."""
     seg = torch.zeros(total, dtype=torch.long, device=device)
     seg[cu_seqlens[1:-1].long()] = 1
     return seg.cumsum(0)
-
-
-def block_diagonal_mask(cu_seqlens: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
-    """Boolean [total, total] mask, True where query and key are in the same segment."""
-    seg = segment_ids(cu_seqlens, total, device)
-    return seg[:, None] == seg[None, :]
 
 
 class VisionAttention(nn.Module):
@@ -68,13 +89,7 @@ class VisionAttention(nn.Module):
         t = x.shape[0]
         q, k, v = self.qkv(x).view(t, 3, self.heads, self.head_dim).unbind(1)
         q, k = apply_rotary(q, angles), apply_rotary(k, angles)
-        if flash_attn_varlen_func is not None and x.is_cuda:
-            max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-            out = flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len)
-        else:
-            mask = block_diagonal_mask(cu_seqlens, t, x.device)
-            out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
-                                                 v.transpose(0, 1)[None], attn_mask=mask)[0].transpose(0, 1)
+        out = packed_attention(q, k, v, cu_seqlens, causal=False)  # per image: varlen kernels on GPU
         return self.proj(out.reshape(t, -1))
 
 
@@ -128,9 +143,7 @@ class RiceVisionModel(nn.Module):
         self.merger = PatchMerger(cfg)
 
     def _inv_freq(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """2D RoPE frequencies: head_dim/4 per axis (rows, then columns), base ``rope_theta``."""
-        half = self.cfg.hidden_size // self.cfg.num_attention_heads // 2
-        return 1.0 / self.cfg.rope_theta ** (torch.arange(0, half, 2, device=device).float() / half)
+        return rope_inv_freq(self.cfg.hidden_size // self.cfg.num_attention_heads, self.cfg.rope_theta, device)
 
     def reset_rotary(self, device: torch.device | str | None = None) -> None:
         """Recompute ``inv_freq`` (a non-persistent buffer: after a meta-device build or a fresh init)."""
@@ -138,23 +151,12 @@ class RiceVisionModel(nn.Module):
 
     def encode(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Per-patch features after the last block (CLS dropped), before the merger: [P, hidden]."""
-        patches = self.patch_embed(pixel_values)
-        pos = patch_rows_cols(grid_thw, self.cfg.spatial_merge_size).to(patches.device)
-        patch_angles = torch.cat([pos[:, :1] * self.inv_freq, pos[:, 1:] * self.inv_freq], dim=-1)
-        sizes = (grid_thw[:, 0] * grid_thw[:, 1] * grid_thw[:, 2]).tolist()
-        tokens, angles = [], []
-        for feats, ang in zip(patches.split(sizes), patch_angles.split(sizes)):
-            tokens += [self.class_embedding[None].to(feats.dtype), feats]
-            angles += [self.class_pos_emb.float(), ang]
-        x = self.pre_layernorm(torch.cat(tokens))
-        angles = torch.cat(angles)
-        lengths = torch.tensor([n + 1 for n in sizes], device=x.device)
-        cu_seqlens = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        tokens, angles, cu_seqlens = cls_sequences(self.patch_embed(pixel_values), grid_thw, self.class_embedding,
+                                                   self.class_pos_emb, self.inv_freq, self.cfg.spatial_merge_size)
+        x = self.pre_layernorm(tokens)
         for block in self.blocks:
             x = block(x, angles, cu_seqlens)
-        keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        keep[cu_seqlens[:-1].long()] = False  # drop each image's CLS
-        return x[keep]
+        return drop_cls(x, cu_seqlens)
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         return self.merger(self.encode(pixel_values, grid_thw))

@@ -8,16 +8,19 @@ folders in either layout read the same. Weights are written in the release layou
 ``model.safetensors.index.json`` past ``max_shard_size``, so the published code and tools built on it load them.
 
 Loading is strict: a missing, unexpected, duplicated or mis-shaped tensor is an error naming the folder and the
-keys. Nothing is ever left randomly initialised, and only safetensors are read (never a pickle).
+keys. Nothing is ever left randomly initialised, and only safetensors are read (never a pickle). A training rank
+that holds a tensor-/pipeline-parallel shard reads only its rows or columns (:meth:`WeightFiles.slices`,
+safetensors' ``get_slice``), never the whole checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import torch
 from huggingface_hub import save_torch_state_dict
@@ -100,16 +103,15 @@ class WeightFiles:
         unknown = [n for n in wanted if n not in self.locations]
         if unknown:
             raise WeightsError(f"{self.folder} has no tensor(s) {unknown[:5]}")
-        by_file: dict[str, list[str]] = {}
-        for name in wanted:
-            by_file.setdefault(self.locations[name][0], []).append(name)
-        out = {}
-        for file in sorted(by_file):
-            with safe_open(self.folder / file, framework="pt") as f:
-                for name in by_file[file]:
-                    tensor = f.get_tensor(self.locations[name][1])
-                    out[name] = tensor if dtype is None else tensor.to(dtype)
-        return out
+        with self.slices() as read:
+            out = {name: read(name) for name in sorted(wanted, key=lambda n: self.locations[n][0])}
+        return out if dtype is None else {k: v.to(dtype) for k, v in out.items()}
+
+    @contextlib.contextmanager
+    def slices(self) -> Iterator["SliceReader"]:
+        """A :class:`SliceReader` over this folder's files, each opened once and closed on exit."""
+        with contextlib.ExitStack() as stack:
+            yield SliceReader(self, stack)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor's shape, read from the safetensors headers (no tensor data is read)."""
@@ -120,6 +122,43 @@ class WeightFiles:
                     if where == file:
                         out[name] = tuple(f.get_slice(stored).get_shape())
         return out
+
+
+class SliceReader:
+    """Reads whole tensors, or a range of one dimension of a tensor, without reading the rest of the file.
+
+    ``reader(name)`` is the tensor; ``reader(name, dim, start, stop)`` is ``tensor.narrow(dim, start, stop -
+    start)`` read through safetensors' ``get_slice`` (only the bytes of the range are copied out of the memory
+    map). ``bytes_read`` counts the bytes of every tensor returned, so a caller can check what a rank read.
+    """
+
+    def __init__(self, files: WeightFiles, stack: contextlib.ExitStack) -> None:
+        self.files, self._stack, self._handles = files, stack, {}
+        self.bytes_read = 0
+
+    def _open(self, name: str):
+        """(open safetensors file, stored key) of tensor ``name``."""
+        try:
+            file, stored = self.files.locations[name]
+        except KeyError:
+            raise WeightsError(f"{self.files.folder} has no tensor {name!r}") from None
+        if file not in self._handles:
+            self._handles[file] = self._stack.enter_context(safe_open(self.files.folder / file, framework="pt"))
+        return self._handles[file], stored
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The stored shape of tensor ``name`` (from the file header: no data is read)."""
+        handle, stored = self._open(name)
+        return tuple(handle.get_slice(stored).get_shape())
+
+    def __call__(self, name: str, dim: int = 0, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        handle, stored = self._open(name)
+        if start is None:
+            tensor = handle.get_tensor(stored)
+        else:
+            tensor = handle.get_slice(stored)[(slice(None),) * dim + (slice(start, stop),)]
+        self.bytes_read += tensor.numel() * tensor.element_size()
+        return tensor
 
 
 def check_tensors(folder: Path | str, found: Mapping[str, tuple[int, ...]],

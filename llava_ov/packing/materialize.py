@@ -1,26 +1,60 @@
-"""Packed webdataset shards from a plan.
+"""Packed webdataset shards from a plan, one shard per task (:func:`materialize_shard`).
 
-One packed sample per key: ``json`` (member sample_ids, per-sample token counts and image grids),
-``input_ids.npy`` (int32), ``loss_mask.npy`` (uint8) and the member images ``0.png``, ``1.png``, ... in order.
-Shards are named by the digest of their member sample_ids and reused from a content-addressed cache folder when
-a re-plan leaves them unchanged.
+One packed sample per key (its slot in the shard, ``000000``, ...): ``json`` (member sample_ids, per-sample token
+counts and image grids), ``input_ids.npy`` (int32), ``loss_mask.npy`` (uint8) and the member images ``0.png``,
+``1.png``, ... in order. A task seeks each member in its ingest shard by the byte extent the lengths stage recorded.
+Shards are named by the digest of their member sample_ids and reused from a cache folder when a re-plan leaves
+them unchanged. The cache key is everything that decides a shard's bytes, not its members alone: the members (in
+pack and slot order), the tokenizer (vocabulary, merges, special-token ids), the image settings, and the code that
+encodes (chat template, system prompt, image grids, tar layout). A tokenizer that
+keeps every length but changes ids (reordered special tokens) therefore misses, and so does a damaged entry.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import shutil
+from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import xxhash
-from tqdm import tqdm
+from transformers import AutoTokenizer
 
-from llava_ov.data.shards import ShardWriter
+from llava_ov.artifacts import digest_json
+from llava_ov.code_digest import code_digest
+from llava_ov.data.shards import ShardWriter, read_sample_at, read_shard, sample_images
+from llava_ov.file_cache import FileCache
 from llava_ov.packing.lengths import encode_sample
 from llava_ov.text.template import ChatEncoder
 from llava_ov.vision.image_processing import ImageProcessor
+
+
+TAR_BLOCK = 512
+
+
+def pack_bytes(tokens: np.ndarray, n_images: np.ndarray, image_bytes: np.ndarray) -> np.ndarray:
+    """About the bytes each packed sample takes in its shard, known before encoding it (numpy, one value per pack):
+    its members (``json``, int32 ids and uint8 loss mask with their 128-byte .npy headers, the images as stored),
+    each with a tar header and, on average, half a block of padding. Sizing shards by this keeps the cache lookup
+    ahead of the (costly) encoding."""
+    def member(size: np.ndarray) -> np.ndarray:
+        return TAR_BLOCK + -(-size // TAR_BLOCK) * TAR_BLOCK
+    fixed = member(64 + 64 * n_images) + member(128 + 4 * tokens) + member(128 + tokens)
+    return fixed + image_bytes + n_images * (TAR_BLOCK + TAR_BLOCK // 2)
+
+
+def packs_per_shard(pack_sizes: np.ndarray, shard_bytes: int) -> int:
+    """Packs per shard for shards of about ``shard_bytes`` (``pack.<stage>.shard_bytes``), from the mean pack size.
+
+    A count, not a cut at the byte target: a shard's name stays a function of its members alone, and every shard
+    of a plan group but its last holds the same number of packs. The file count of an artifact is what DVC and
+    object stores pay for per file (README, "Sharing artifacts"); this is the knob that sets it.
+    """
+    mean = float(np.mean(pack_sizes)) if len(pack_sizes) else 1.0
+    return max(1, int(shard_bytes // mean))
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -34,6 +68,11 @@ def shard_name(sample_ids: list[list[str]]) -> str:
     for pack in sample_ids:
         h.update(",".join(pack).encode() + b";")
     return h.hexdigest()
+
+
+def encoding_digest(encoder: ChatEncoder, processor: ImageProcessor) -> str:
+    """What turns a sample into packed bytes, besides the sample: tokenizer state, image settings, this code."""
+    return digest_json([encoder.tokenizer.backend_tokenizer.to_str(), asdict(processor), code_digest(__name__)])
 
 
 def encode_pack(encoder: ChatEncoder, processor: ImageProcessor, samples: list[tuple[str, dict, list[bytes]]],
@@ -59,29 +98,56 @@ def encode_pack(encoder: ChatEncoder, processor: ImageProcessor, samples: list[t
     return files
 
 
-def write_packed_shards(out: Path, packs: list[list[str]], lengths: dict[str, int],
-                        samples: dict[str, tuple[dict, list[bytes]]], encoder: ChatEncoder,
-                        processor: ImageProcessor, packs_per_shard: int, cache: Path | None) -> list[str]:
-    """Write ``packs`` (lists of sample_ids) into shards of ``packs_per_shard``; returns the shard names."""
-    names = []
-    out.mkdir(parents=True, exist_ok=True)
-    for first in tqdm(range(0, len(packs), packs_per_shard), desc="pack shards", unit="shard"):
-        group = packs[first:first + packs_per_shard]
-        name = shard_name(group)
-        names.append(name)
-        target = out / f"{name}.tar"
-        cached = cache / f"{name}.tar" if cache else None
-        if cached is not None and cached.exists():
-            shutil.copyfile(cached, target)
-            continue
-        tmp_dir = out / f".{name}"
-        with ShardWriter(tmp_dir, "p") as writer:
-            for j, pack in enumerate(group):
-                writer.write(f"{first + j:09d}", encode_pack(
-                    encoder, processor, [(sid, *samples[sid]) for sid in pack], [lengths[sid] for sid in pack]))
-        (tmp_dir / "p-000000.tar").rename(target)
-        tmp_dir.rmdir()
-        if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(target, cached)
-    return names
+@dataclass(frozen=True)
+class ShardTask:
+    """One packed shard to write: its rows of the plan, and everything its bytes depend on besides them."""
+
+    plan: str  # absolute path of plan.parquet
+    out_shard: int
+    ingest: str  # absolute path of the ingest artifact (the plan's `shard` paths are relative to it)
+    tokenizer: str
+    image: dict
+    cache: FileCache
+    encoding: str  # encoding_digest(): tokenizer state, image settings, this code
+
+
+@lru_cache(maxsize=2)
+def _encoder(tokenizer: str) -> ChatEncoder:
+    return ChatEncoder(AutoTokenizer.from_pretrained(tokenizer))
+
+
+def materialize_shard(task: ShardTask) -> tuple[str, str, list[tuple[int, int]]]:
+    """Write (or find in the cache) one packed shard; returns (name, cached path, each pack's (offset, size)).
+
+    The shard's name is the digest of its packs' member ids, its cache key that name plus the encoding digest:
+    an unchanged group of the plan is served from the cache whatever happened to the other groups.
+    """
+    rows = pq.read_table(task.plan, filters=[("out_shard", "==", task.out_shard)],
+                         columns=["pack", "slot", "sample_id", "shard", "key", "offset", "size", "total"])
+    rows = rows.sort_by([("pack", "ascending"), ("slot", "ascending")])
+    pack = rows["pack"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, pack[1:] != pack[:-1]])
+    bounds = list(zip(starts, np.r_[starts[1:], len(pack)]))
+    ids = rows["sample_id"].to_pylist()
+    members = [ids[a:b] for a, b in bounds]
+    name = shard_name(members)
+    key = digest_json([name, task.encoding])
+    cached = task.cache.get(key)
+    if cached is None:
+        encoder, processor = _encoder(task.tokenizer), ImageProcessor(**task.image)
+        shards, keys = rows["shard"].to_pylist(), rows["key"].to_pylist()
+        offsets, sizes, totals = (rows[c].to_numpy() for c in ("offset", "size", "total"))
+        with task.cache.writing(key) as tmp:
+            with ShardWriter(tmp.parent, tmp.stem, max_bytes=1 << 62, numbered=False) as writer:
+                for j, (a, b) in enumerate(bounds):
+                    samples = []
+                    for i in range(a, b):
+                        raw = read_sample_at(Path(task.ingest) / shards[i], int(offsets[i]), int(sizes[i]), keys[i])
+                        meta = json.loads(raw.files["json"])
+                        samples.append((ids[i], meta, sample_images(raw.files)))
+                    writer.write(f"{j:06d}", encode_pack(encoder, processor, samples, totals[a:b].tolist()))
+        cached = task.cache.get(key)
+    extents = [(raw.offset, raw.size) for raw in read_shard(cached)]
+    if len(extents) != len(bounds):
+        raise RuntimeError(f"packed shard {cached} holds {len(extents)} packs, the plan {len(bounds)}")
+    return name, str(cached), extents

@@ -1,7 +1,7 @@
 """Conversation → token ids and loss mask: the one function lengths, the loader and evaluation share.
 
-The layout is Qwen2.5-VL's ChatML (the tokenizer's chat template renders the same text): a default system turn,
-then ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per turn, each ``<image>`` placeholder becoming
+The layout is Qwen2.5-VL's ChatML (the tokenizer's chat template renders the same text): the conversation's own
+leading system turn or else a default one, then ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per turn, each ``<image>`` placeholder becoming
 ``<|vision_start|>`` + one ``<|image_pad|>`` per merged patch + ``<|vision_end|>``. The loss mask covers the
 assistant's content and its closing ``<|im_end|>``. Because every length, every pack and every training batch
 goes through this function, the lengths the packer plans with are exactly the lengths the loader produces.
@@ -32,7 +32,7 @@ class ChatEncoder:
         object.__setattr__(self, "_system", [ids["<|im_start|>"], *self._text(f"system\n{SYSTEM_PROMPT}"),
                                              ids["<|im_end|>"], *self._text("\n")])
         object.__setattr__(self, "_roles", {r: [ids["<|im_start|>"], *self._text(f"{r}\n")]
-                                            for r in ("user", "assistant")})
+                                            for r in ("system", "user", "assistant")})
 
     @property
     def image_pad_id(self) -> int:
@@ -64,7 +64,7 @@ class ChatEncoder:
     def encode(self, messages: list[dict], image_tokens: list[int],
                add_generation_prompt: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Token ids (int32) and loss mask (bool) of a conversation; ``image_tokens[i]`` pads image ``i``."""
-        ids: list[int] = list(self._system)
+        ids: list[int] = [] if messages and messages[0]["role"] == "system" else list(self._system)
         mask: list[bool] = [False] * len(ids)
         next_image = 0
         for m in messages:

@@ -33,7 +33,9 @@ def gather_shards(model: torch.nn.Module, exchange: Path) -> dict | None:
     and rank 0 reads them back: pickling tensors through ``gather_object`` took ~18 s for a 15 MB model on gloo.
     """
     position = (parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank())
-    own = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    # copies: on a CPU the parameters are views into DDP's flat buffers, which safetensors refuses to write
+    own = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()
+           if not k.endswith("_extra_state")}
     if dist.get_world_size() == 1:
         return {position: own}
     if dist.get_rank() == 0:
@@ -52,14 +54,19 @@ def gather_shards(model: torch.nn.Module, exchange: Path) -> dict | None:
     return shards
 
 
-def save_hf(shards: dict, hf_config, tp: int, pp: int, source: Path, out: Path) -> None:
-    """Write the HF folder: converted weights + config, and every non-weight file of ``source``."""
-    state = megatron_to_hf(shards, hf_config, tp=tp, pp=pp)
-    model = LlavaOV15ForConditionalGeneration(hf_config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+def save_hf(shards: dict, hf_config, tp: int, pp: int, source: Path, out: Path, te: bool = False) -> None:
+    """Write the HF folder: converted weights (in the dtype they trained in) + config, and every non-weight file
+    of ``source``. ``te``: the shards carry Transformer Engine's parameter names."""
+    state = megatron_to_hf(shards, hf_config, tp=tp, pp=pp, te=te)
+    with torch.device("meta"):  # a 4B/8B model is never materialised twice, nor randomly initialised
+        model = LlavaOV15ForConditionalGeneration(hf_config)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise RuntimeError(f"exported weights do not fit the HF model: missing {missing[:5]}, unexpected "
                            f"{unexpected[:5]}")
+    model.load_state_dict(state, strict=True, assign=True)
+    model.config.dtype = next(iter(state.values())).dtype
     for name in sorted(p.name for p in source.iterdir() if p.is_file()):
         if _carried_over(name):
             shutil.copyfile(source / name, out / name)

@@ -19,13 +19,15 @@ from PIL import Image
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CONFIG_NAME = "preprocessor_config.json"
+MAX_ASPECT_RATIO = 200  # Qwen2-VL's limit: a longer side more than 200x the shorter cannot be resized
 
 
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
                  max_pixels: int = 14 * 14 * 4 * 1280) -> tuple[int, int]:
     """Target (height, width): multiples of ``factor``, aspect ratio kept, pixels within [min, max]."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"image aspect ratio {max(height, width) / min(height, width):.0f} exceeds 200")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise ValueError(f"image aspect ratio {max(height, width) / min(height, width):.0f} exceeds "
+                         f"{MAX_ASPECT_RATIO}")
     h = max(factor, round(height / factor) * factor)
     w = max(factor, round(width / factor) * factor)
     if h * w > max_pixels:

@@ -3,7 +3,10 @@
 Each source module exposes ``generate(sizes, rng) -> Iterator[Candidate]`` yielding candidate samples for the
 pools it is asked for (``sizes`` maps pool -> count). Captions, questions and answers are derived from the same
 values that produced the image (a dataset's own labels, or the parameters a renderer drew), so they are true of
-it. Candidates still go through :mod:`llava_ov.data.validate` like any released sample.
+it. A source says what it knows about an image (caption, description, question/answer pairs, an eval question
+with its answer and choices) and :func:`record` lays that out as the sample of the pool asked for, with the
+pools' instructions from :mod:`llava_ov.data.prompts`. Candidates still go through :mod:`llava_ov.data.validate`
+like any released sample.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
+
+from llava_ov.data.prompts import POOL_PROMPTS, with_image
 
 POOLS = ("align", "mid", "instruct", "eval")
 
@@ -38,16 +43,42 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def one_turn(prompt: str, answer: str) -> list[dict]:
     """A user turn with one image placeholder and an assistant answer."""
-    return [{"role": "user", "content": f"<image>\n{prompt}"}, {"role": "assistant", "content": answer}]
+    return multi_turn([(prompt, answer)])
 
 
 def multi_turn(pairs: list[tuple[str, str]]) -> list[dict]:
     """A multi-turn conversation about one image; the placeholder is in the first user turn."""
     messages = []
     for i, (q, a) in enumerate(pairs):
-        messages.append({"role": "user", "content": f"<image>\n{q}" if i == 0 else q})
+        messages.append({"role": "user", "content": with_image(q) if i == 0 else q})
         messages.append({"role": "assistant", "content": a})
     return messages
+
+
+def record(source: str, pool: str, category: str, images: list[bytes], *, caption: str | None = None,
+           description: str | None = None, qa: list[tuple[str, str]] | None = None, question: str | None = None,
+           answer: str | None = None, choices: list[str] | None = None) -> Candidate:
+    """The sample of ``pool`` about ``images``, from what the source knows about them.
+
+    ``align``: the caption, asked for with the align instruction; ``mid``: the description, asked for with the mid
+    instruction; ``instruct``: the question/answer pairs as one conversation; ``eval``: the question with its
+    reference answer and the candidate ``choices`` (its task is named after the source). Only the pool's own
+    pieces are needed.
+    """
+    needed = {"align": {"caption": caption}, "mid": {"description": description}, "instruct": {"qa": qa},
+              "eval": {"question": question, "answer": answer, "choices": choices}}
+    if pool not in needed:
+        raise ValueError(f"source {source}: unknown pool {pool!r}; pools are {POOLS}")
+    missing = [name for name, value in needed[pool].items() if value is None]
+    if missing:
+        raise ValueError(f"source {source}: the {pool} record needs {missing}")
+    if pool == "eval":
+        return Candidate(source, pool, category, one_turn(question, answer), images,
+                         {"task": source, "answer": answer, "choices": choices})
+    if pool == "instruct":
+        return Candidate(source, pool, category, multi_turn(qa), images)
+    return Candidate(source, pool, category, one_turn(POOL_PROMPTS[pool], caption if pool == "align" else description),
+                     images)
 
 
 _COLOUR_NAMES = {

@@ -11,10 +11,13 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from llava_ov.data.sources import Candidate, multi_turn, one_turn, png_bytes, take
+from llava_ov.data.prompts import POOL_TEMPLATES
+from llava_ov.data.sources import POOLS, Candidate, png_bytes, record, take
 
 SOURCE = "digits"
 SIDE = 56
+QUESTION = "What digit is written here?"
+CATEGORIES = {"align": "caption", "mid": "caption", "instruct": "math", "eval": "ocr"}
 
 
 def _image(pixels: np.ndarray) -> bytes:
@@ -28,23 +31,11 @@ def generate(sizes: dict[str, int], rng: np.random.Generator) -> Iterator[Candid
     train = [it for it in items if it[0] % 5]
     held = [it for it in items if it[0] % 5 == 0]
     chosen = take(train, sizes, ("align", "mid", "instruct"), rng) | take(held, sizes, ("eval",), rng)
-    for pool in ("align", "mid", "instruct", "eval"):
+    for pool in POOLS:
         for index, label in chosen[pool]:
-            data = _image(digits.images[index])
-            if pool == "align":
-                yield Candidate(SOURCE, pool, "caption", one_turn("Give a short caption.",
-                                                                  f"A handwritten digit {label}."), [data])
-            elif pool == "mid":
-                yield Candidate(SOURCE, pool, "caption", one_turn(
-                    "Describe the image in detail.",
-                    f"A low-resolution scan of the handwritten digit {label}, dark ink on a white background, "
-                    f"enlarged from 8 by 8 pixels."), [data])
-            elif pool == "instruct":
-                k = int(rng.integers(1, 10))
-                yield Candidate(SOURCE, pool, "math", multi_turn([
-                    ("What digit is written here?", str(label)),
-                    (f"What is that digit plus {k}?", str(label + k))]), [data])
-            else:
-                yield Candidate(SOURCE, pool, "ocr", one_turn("What digit is written here?", str(label)),
-                                [data], {"task": "digits", "answer": str(label),
-                                         "choices": [str(d) for d in range(10)]})
+            k = int(rng.integers(1, 10)) if pool == "instruct" else 0  # drawn only where it is used
+            yield record(SOURCE, pool, CATEGORIES[pool], [_image(digits.images[index])],
+                         caption=POOL_TEMPLATES["align"][SOURCE].format(answer=label),
+                         description=POOL_TEMPLATES["mid"][SOURCE].format(answer=label),
+                         qa=[(QUESTION, str(label)), (f"What is that digit plus {k}?", str(label + k))],
+                         question=QUESTION, answer=str(label), choices=[str(d) for d in range(10)])

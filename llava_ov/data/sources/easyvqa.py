@@ -13,7 +13,7 @@ from typing import Iterator
 import easy_vqa
 import numpy as np
 
-from llava_ov.data.sources import Candidate, multi_turn, one_turn, take
+from llava_ov.data.sources import Candidate, record, take
 
 SOURCE = "easyvqa"
 SHAPES = ("circle", "rectangle", "triangle")
@@ -57,14 +57,10 @@ def generate(sizes: dict[str, int], rng: np.random.Generator) -> Iterator[Candid
     for pool in ("align", "mid"):
         for image_id in chosen[pool]:
             colour, shape = known[image_id]
-            data = Path(train_paths[image_id]).read_bytes()
-            if pool == "align":
-                messages = one_turn("Give a short caption.", f"A {colour} {shape}.")
-            else:
-                messages = one_turn("Describe the image in detail.",
-                                    f"A simple drawing of a single {colour} {shape} on a plain light background. "
-                                    f"There is exactly one shape in the image, and it is {colour}.")
-            yield Candidate(SOURCE, pool, "caption", messages, [data])
+            yield record(SOURCE, pool, "caption", [Path(train_paths[image_id]).read_bytes()],
+                         caption=f"A {colour} {shape}.",
+                         description=f"A simple drawing of a single {colour} {shape} on a plain light background. "
+                                     f"There is exactly one shape in the image, and it is {colour}.")
     # instruct: every training image's questions, a few turns per conversation, images reused across chunks.
     conversations = []
     for image_id in ids:
@@ -73,11 +69,9 @@ def generate(sizes: dict[str, int], rng: np.random.Generator) -> Iterator[Candid
         for start in range(0, len(qa), 3):
             conversations.append((image_id, [qa[i] for i in order[start:start + 3]]))
     for image_id, pairs in take(conversations, sizes, ("instruct",), rng)["instruct"]:
-        data = Path(train_paths[image_id]).read_bytes()
-        yield Candidate(SOURCE, "instruct", "general_vqa", multi_turn(pairs), [data])
+        yield record(SOURCE, "instruct", "general_vqa", [Path(train_paths[image_id]).read_bytes()], qa=pairs)
     test_paths = easy_vqa.get_test_image_paths()
     test = list(zip(*easy_vqa.get_test_questions()))
     for q, a, image_id in take(test, sizes, ("eval",), rng)["eval"]:
-        data = Path(test_paths[int(image_id)]).read_bytes()
-        yield Candidate(SOURCE, "eval", "general_vqa", one_turn(q, a), [data],
-                        {"task": "easyvqa", "answer": a, "choices": answer_choices(a, answers)})
+        yield record(SOURCE, "eval", "general_vqa", [Path(test_paths[int(image_id)]).read_bytes()], question=q,
+                     answer=a, choices=answer_choices(a, answers))

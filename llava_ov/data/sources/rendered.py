@@ -15,7 +15,8 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from llava_ov.data.sources import POOLS, Candidate, multi_turn, one_turn, png_bytes
+from llava_ov.data.prompts import POOL_TEMPLATES
+from llava_ov.data.sources import POOLS, Candidate, png_bytes, record
 
 SIDE = 112
 COLOURS = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220), "yellow": (230, 200, 20),
@@ -61,21 +62,12 @@ def chart(rng: np.random.Generator, pool: str) -> Candidate:
     draw.line((6, SIDE - 18, SIDE - 6, SIDE - 18), fill=(0, 0, 0))
     top = labels[int(np.argmax(values))]
     low = labels[int(np.argmin(values))]
-    data = png_bytes(img)
-    if pool == "align":
-        return Candidate("chart", pool, "chart_table", one_turn("Give a short caption.",
-                                                               f"A {colour} bar chart with {n} bars."), [data])
-    if pool == "mid":
-        return Candidate("chart", pool, "chart_table", one_turn(
-            "Describe the image in detail.",
-            f"A bar chart with {n} {colour} bars labelled {', '.join(labels)}. Bar {top} is the tallest and "
-            f"bar {low} is the shortest."), [data])
-    if pool == "instruct":
-        return Candidate("chart", pool, "chart_table", multi_turn([
-            ("Which bar is the tallest?", top), ("Which bar is the shortest?", low),
-            ("How many bars are there?", str(n))]), [data])
-    return Candidate("chart", pool, "chart_table", one_turn("Which bar is the tallest?", top), [data],
-                     {"task": "chart", "answer": top, "choices": list(labels)})
+    return record("chart", pool, "chart_table", [png_bytes(img)], caption=f"A {colour} bar chart with {n} bars.",
+                  description=f"A bar chart with {n} {colour} bars labelled {', '.join(labels)}. Bar {top} is the "
+                              f"tallest and bar {low} is the shortest.",
+                  qa=[("Which bar is the tallest?", top), ("Which bar is the shortest?", low),
+                      ("How many bars are there?", str(n))],
+                  question="Which bar is the tallest?", answer=top, choices=list(labels))
 
 
 def table(rng: np.random.Generator, pool: str) -> Candidate:
@@ -91,22 +83,13 @@ def table(rng: np.random.Generator, pool: str) -> Candidate:
             draw.text((x + cw // 2 - 5, y + 6), str(cells[r][c]), fill=(0, 0, 0), font=font(16))
     r, c = int(rng.integers(rows)), int(rng.integers(cols))
     value = str(cells[r][c])
-    row_sums = [sum(row) for row in cells]
-    data = png_bytes(img)
     q = f"What number is in row {r + 1}, column {c + 1}?"
-    if pool == "align":
-        return Candidate("table", pool, "chart_table", one_turn("Give a short caption.",
-                                                               "A table of digits with 2 rows and 3 columns."),
-                         [data])
-    if pool == "mid":
-        text = "; ".join(f"row {i + 1} reads {' '.join(map(str, row))}" for i, row in enumerate(cells))
-        return Candidate("table", pool, "chart_table", one_turn(
-            "Describe the image in detail.", f"A table with 2 rows and 3 columns of digits: {text}."), [data])
-    if pool == "instruct":
-        return Candidate("table", pool, "chart_table", multi_turn([
-            (q, value), ("What is the sum of the first row?", str(row_sums[0]))]), [data])
-    return Candidate("table", pool, "chart_table", one_turn(q, value), [data],
-                     {"task": "table", "answer": value, "choices": [str(d) for d in range(10)]})
+    text = "; ".join(f"row {i + 1} reads {' '.join(map(str, row))}" for i, row in enumerate(cells))
+    return record("table", pool, "chart_table", [png_bytes(img)],
+                  caption="A table of digits with 2 rows and 3 columns.",
+                  description=f"A table with 2 rows and 3 columns of digits: {text}.",
+                  qa=[(q, value), ("What is the sum of the first row?", str(sum(cells[0])))],
+                  question=q, answer=value, choices=[str(d) for d in range(10)])
 
 
 def ocr(rng: np.random.Generator, pool: str) -> Candidate:
@@ -118,21 +101,12 @@ def ocr(rng: np.random.Generator, pool: str) -> Candidate:
     y = int(rng.integers(10, SIDE - 40))
     ink = (0, 0, 0) if rng.integers(2) else COLOURS["blue"]
     draw.text((x, y), word, fill=ink, font=f)
-    data = png_bytes(img)
-    if pool == "align":
-        return Candidate("ocr", pool, "ocr", one_turn("Give a short caption.", f"The word \"{word}\"."), [data])
-    if pool == "mid":
-        return Candidate("ocr", pool, "ocr", one_turn(
-            "Describe the image in detail.",
-            f"The printed word \"{word}\" in {'dark blue' if ink != (0, 0, 0) else 'black'} letters on a white "
-            f"background."), [data])
-    if pool == "instruct":
-        return Candidate("ocr", pool, "ocr", multi_turn([("What word is written in the image?", word),
-                                                          ("How many letters does it have?", str(len(word)))]),
-                         [data])
-    choices = sorted({word, *(WORDS[i] for i in rng.choice(len(WORDS), 3, replace=False))})
-    return Candidate("ocr", pool, "ocr", one_turn("What word is written in the image?", word), [data],
-                     {"task": "ocr", "answer": word, "choices": choices})
+    choices = sorted({word, *(WORDS[i] for i in rng.choice(len(WORDS), 3, replace=False))}) if pool == "eval" else []
+    return record("ocr", pool, "ocr", [png_bytes(img)], caption=POOL_TEMPLATES["align"]["ocr"].format(answer=word),
+                  description=f"The printed word \"{word}\" in {'dark blue' if ink != (0, 0, 0) else 'black'} "
+                              f"letters on a white background.",
+                  qa=[("What word is written in the image?", word), ("How many letters does it have?", str(len(word)))],
+                  question="What word is written in the image?", answer=word, choices=choices)
 
 
 def counting(rng: np.random.Generator, pool: str) -> Candidate:
@@ -145,21 +119,13 @@ def counting(rng: np.random.Generator, pool: str) -> Candidate:
         cx = 19 + (cell % 3) * 37 + int(rng.integers(-4, 5))
         cy = 19 + (cell // 3) * 37 + int(rng.integers(-4, 5))
         _shape(draw, kind, cx, cy, 11, COLOURS[colour])
-    data = png_bytes(img)
     plural = f"{n} {colour} {kind}{'s' if n > 1 else ''}"
-    if pool == "align":
-        return Candidate("counting", pool, "grounding_counting", one_turn("Give a short caption.", f"{plural}."),
-                         [data])
-    if pool == "mid":
-        return Candidate("counting", pool, "grounding_counting", one_turn(
-            "Describe the image in detail.", f"There {'are' if n > 1 else 'is'} {plural} spread over a white "
-                                             f"background, none of them overlapping."), [data])
     q = f"How many {kind}s are there?"
-    if pool == "instruct":
-        return Candidate("counting", pool, "grounding_counting",
-                         multi_turn([(q, str(n)), ("What colour are they?", colour)]), [data])
-    return Candidate("counting", pool, "grounding_counting", one_turn(q, str(n)), [data],
-                     {"task": "counting", "answer": str(n), "choices": [str(k) for k in range(1, 7)]})
+    return record("counting", pool, "grounding_counting", [png_bytes(img)], caption=f"{plural}.",
+                  description=f"There {'are' if n > 1 else 'is'} {plural} spread over a white background, none of "
+                              f"them overlapping.",
+                  qa=[(q, str(n)), ("What colour are they?", colour)],
+                  question=q, answer=str(n), choices=[str(k) for k in range(1, 7)])
 
 
 def grounding(rng: np.random.Generator, pool: str) -> Candidate:
@@ -171,20 +137,12 @@ def grounding(rng: np.random.Generator, pool: str) -> Candidate:
     img, draw = _canvas()
     _shape(draw, kind, centre[0] + int(rng.integers(-5, 6)), centre[1] + int(rng.integers(-5, 6)), 13,
            COLOURS[colour])
-    data = png_bytes(img)
-    if pool == "align":
-        return Candidate("grounding", pool, "grounding_counting",
-                         one_turn("Give a short caption.", f"A {colour} {kind} in the {region}."), [data])
-    if pool == "mid":
-        return Candidate("grounding", pool, "grounding_counting", one_turn(
-            "Describe the image in detail.",
-            f"A single {colour} {kind} placed in the {region} of an otherwise empty white image."), [data])
     q = f"Where is the {colour} {kind}?"
-    if pool == "instruct":
-        return Candidate("grounding", pool, "grounding_counting",
-                         multi_turn([(q, region), ("What shape is it?", kind)]), [data])
-    return Candidate("grounding", pool, "grounding_counting", one_turn(q, region), [data],
-                     {"task": "grounding", "answer": region, "choices": sorted(REGIONS)})
+    return record("grounding", pool, "grounding_counting", [png_bytes(img)],
+                  caption=f"A {colour} {kind} in the {region}.",
+                  description=f"A single {colour} {kind} placed in the {region} of an otherwise empty white image.",
+                  qa=[(q, region), ("What shape is it?", kind)],
+                  question=q, answer=region, choices=sorted(REGIONS))
 
 
 RENDERERS: dict[str, Callable[[np.random.Generator, str], Candidate]] = {
