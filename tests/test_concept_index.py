@@ -23,7 +23,8 @@ from llava_ov.artifacts import ArtifactWriter, digest_dir, open_artifact
 from llava_ov.concepts.encoder import ImageTextEncoder
 from llava_ov.actors import Slot, plan_slots
 from llava_ov.concepts.shard_index import ShardIndexer, index_shards, make_spec, shard_jobs, write_index
-from llava_ov.data.ingest import INDEX_SCHEMA, build_embedded
+from llava_ov.data.admission import INDEX_SCHEMA
+from llava_ov.data.ingest import build_embedded
 from llava_ov.data.reader import index_table
 from llava_ov.data.shards import ShardWriter
 from llava_ov.engine import Engine
