@@ -198,9 +198,10 @@ def test_encoder_folders_that_do_not_fit_are_refused(tmp_path):
 
 def test_benchmark_runs_at_a_tiny_shape_on_cpu():
     """The --device cuda mode is the same code; here it must at least execute, with the table and the plan."""
-    out = subprocess.run([sys.executable, "benchmarks/bench_concepts.py", "--shape", "tiny", "--images", "16",
-                          "--preprocess-images", "8", "--topk-images", "500", "--concepts", "3000", "--dim", "64",
-                          "--startup-concepts", "3000", "--balance-images", "20000"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    args = ["--shape", "tiny", "--images", "16", "--preprocess-images", "8", "--topk-images", "500", "--concepts",
+            "3000", "--dim", "64", "--startup-concepts", "3000", "--balance-images", "20000"]
+    out = subprocess.run([sys.executable, "benchmarks/bench_concepts.py", *args], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     for needle in ("images/s", "pairs/s", "s per worker", "B/image", "| 8 |", "| 64 |", "NOT measured"):
         assert needle in out.stdout, (needle, out.stdout)

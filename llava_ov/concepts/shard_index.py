@@ -203,7 +203,8 @@ class ShardIndexer:
             return rows, [self._pixels(data) for _, data in chunk]
         return rows, [self.pool.submit(self._pixels, data) for _, data in chunk]
 
-    def _finish(self, pending: tuple[list[int], list], rejects: dict[int, str]) -> Iterator[tuple[list[int], torch.Tensor]]:
+    def _finish(self, pending: tuple[list[int], list],
+                rejects: dict[int, str]) -> Iterator[tuple[list[int], torch.Tensor]]:
         rows, results = pending
         results = [r.result() if self.pool is not None else r for r in results]
         for i, r in zip(rows, results):
