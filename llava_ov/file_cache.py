@@ -1,13 +1,15 @@
 """A folder of cached files by key, whose hits are checked before they are served.
 
-Stages reuse expensive per-shard work across runs (packed shards, concept-index parts). A cache can serve a stale
-or damaged result in two ways, and this class closes both:
+Stages reuse expensive per-shard work across runs (packed shards, lengths and concept-index parts). A cache can
+serve a stale or damaged result in two ways, and this class closes both:
 
 - the key must name everything the bytes depend on; that is the caller's part (inputs' digests, params, and the
   code that computes them from :func:`llava_ov.code_digest.code_digest`);
 - an entry must be the complete bytes once stored: an entry is written under a temporary name and renamed into
-  place, then sealed with its content digest in ``<key><suffix>.xxh3``. A hit whose bytes no longer match its
-  seal (cut short by a full disk, edited, half-copied by hand) is dropped and recomputed, never served.
+  place, then sealed in ``<key><suffix>.seal`` with its (size, mtime_ns, xxh3-128). A hit whose size and mtime are
+  the sealed ones costs one ``stat`` (the bet git and DVC make; re-hashing 1 GB packed shards on every hit would
+  read the whole artifact per run); any other is re-hashed, and a mismatch (cut short by a full disk, edited,
+  half-copied by hand) drops the entry: it is recomputed, never served.
 
 Temporaries carry their writer's pid and host like artifact temporaries, so a killed writer's are removed by the
 next writer (and never a running one's).
@@ -15,7 +17,9 @@ next writer (and never a running one's).
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,12 +28,37 @@ from typing import Iterator
 
 from llava_ov.artifacts import digest_file, owner_tag, writer_alive
 
-_SEAL = ".xxh3"
+_SEAL = ".seal"
+
+
+def seal_of(path: Path) -> list:
+    """What a cache seals a file with: [size, mtime_ns, xxh3-128]."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, digest_file(path)]
+
+
+def intact(path: Path, sealed: list) -> bool:
+    """Whether ``path`` still holds its sealed bytes: same size and mtime (one ``stat``), else same digest."""
+    size, mtime_ns, digest = sealed
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns) == (size, mtime_ns) or (st.st_size == size and digest_file(path) == digest)
+
+
+def remove_stale(root: Path) -> None:
+    """Remove the temporaries (``.tmp-<pid>-<host>-...``, files or folders) of dead writers under ``root``."""
+    for path in Path(root).glob(".tmp-*"):
+        pid, _, rest = path.name[len(".tmp-"):].partition("-")
+        if not pid.isdigit() or writer_alive(int(pid), rest.partition("-")[0]):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
 class FileCache:
-    """Files ``<root>/<key><suffix>`` (``suffix`` e.g. ``.tar``, ``.npz``), each sealed with its digest."""
+    """Files ``<root>/<key><suffix>`` (``suffix`` e.g. ``.tar``, ``.npz``), each sealed."""
 
     root: Path
     suffix: str
@@ -39,10 +68,11 @@ class FileCache:
 
     def get(self, key: str) -> Path | None:
         """The entry's path if it is stored and its bytes still match its seal; otherwise drop it and miss."""
-        path, seal = self.entry(key), self.entry(key).with_name(self.entry(key).name + _SEAL)
+        path = self.entry(key)
+        seal = path.with_name(path.name + _SEAL)
         if not (path.is_file() and seal.is_file()):
             return None
-        if digest_file(path) == seal.read_text().strip():
+        if intact(path, json.loads(seal.read_text())):
             return path
         path.unlink(missing_ok=True)
         seal.unlink(missing_ok=True)
@@ -53,24 +83,16 @@ class FileCache:
         """A temporary path to write the entry's bytes to; stored and sealed when the block ends without error."""
         root = Path(self.root)
         root.mkdir(parents=True, exist_ok=True)
-        self._remove_stale()
+        remove_stale(root)
         fd, name = tempfile.mkstemp(dir=root, prefix=f".tmp-{owner_tag()}-", suffix=self.suffix)
         os.close(fd)
         tmp = Path(name)
         try:
             yield tmp
-            digest = digest_file(tmp)
             path = self.entry(key)
             os.replace(tmp, path)
             seal_tmp = tmp.with_name(tmp.name + _SEAL)
-            seal_tmp.write_text(digest + "\n")
+            seal_tmp.write_text(json.dumps(seal_of(path)))
             os.replace(seal_tmp, path.with_name(path.name + _SEAL))
         finally:
             tmp.unlink(missing_ok=True)
-
-    def _remove_stale(self) -> None:
-        for path in Path(self.root).glob(".tmp-*"):
-            pid, _, rest = path.name[len(".tmp-"):].partition("-")
-            host = rest.partition("-")[0]
-            if pid.isdigit() and not writer_alive(int(pid), host):
-                path.unlink(missing_ok=True)

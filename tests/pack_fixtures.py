@@ -29,7 +29,7 @@ def write_ingest(root: Path, samples: list[tuple[str, dict, list[bytes]]], pool:
                     writer.close()
                 files = {"json": json.dumps({"id": sid, "source": "test", **meta}).encode(),
                          **{f"{j}.png": img for j, img in enumerate(images)}}
-                rows.append({"sample_id": sid, "pool": pool, "shard": f"{pool}/{writer.write(sid, files)}",
+                rows.append({"sample_id": sid, "pool": pool, "shard": f"{pool}/{writer.write(sid, files).shard}",
                              "key": sid, "n_images": len(images)})
         pq.write_table(pa.Table.from_pylist(rows), w.dir / "index.parquet")
     return w.artifact

@@ -105,6 +105,7 @@ FILE_CHANGES = [
     ("llava_ov/plan.py", []),  # the cost estimate: no stage imports it
     ("llava_ov/cli.py", []),
     ("README.md", []),
+    ("data/released/README.md", ["ingest"]),  # the released data folder is a dep of ingest (placeholder in tiny)
 ]
 
 # change -> every stage a real rerun may reach (`--force-downstream`): what a data-mix sweep shares is the rest.
@@ -201,6 +202,29 @@ def test_source_change_reruns_only_its_importers(placeholder_graph, rel, expecte
         assert sorted(_dry_run(placeholder_graph)) == sorted(expected)
     finally:
         _restore(placeholder_graph)
+
+
+@pytest.mark.parametrize("change", ["add", "edit", "remove"])
+def test_a_released_source_file_added_changed_or_removed_reruns_ingest(placeholder_graph, change):
+    """``data/released`` is a dep of ``ingest``: any change of its files reruns ingest, and nothing else directly."""
+    shard = placeholder_graph / "data" / "released" / "instruct" / "part-000.tar"
+    if change != "add":
+        shard.parent.mkdir(parents=True)
+        shard.write_bytes(b"released shard v1")
+        run(["dvc", "commit", "-f", "-q", "ingest"], placeholder_graph)
+        assert _dry_run(placeholder_graph) == []
+    try:
+        if change == "remove":
+            shard.unlink()
+        else:
+            shard.parent.mkdir(parents=True, exist_ok=True)
+            shard.write_bytes(b"released shard v2")
+        assert _dry_run(placeholder_graph) == ["ingest"]
+    finally:
+        shard.unlink(missing_ok=True)
+        shard.parent.rmdir()
+        _restore(placeholder_graph)
+        run(["dvc", "commit", "-f", "-q", "ingest"], placeholder_graph)
 
 
 @pytest.mark.parametrize("change,expected", DOWNSTREAM, ids=[c[0][0] for c in DOWNSTREAM])

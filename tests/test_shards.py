@@ -71,10 +71,11 @@ def test_each_sample_reads_back_alone_at_its_recorded_offset(tmp_path):
     from llava_ov.data.shards import ShardError, read_sample_at, read_shard
 
     with ShardWriter(tmp_path, "s") as w:
-        for i in range(5):
-            w.write(f"k{i}", {"json": b'{"i": %d}' % i, "0.png": bytes(range(i * 100 % 256)) * (i + 1)})
+        written = [w.write(f"k{i}", {"json": b'{"i": %d}' % i, "0.png": bytes(range(i * 100 % 256)) * (i + 1)})
+                   for i in range(5)]
     path = w.shards[0]
     samples = list(read_shard(path))
+    assert [(x.shard, x.offset, x.size) for x in written] == [(path.name, s.offset, s.size) for s in samples]
     for raw in samples:
         again = read_sample_at(path, raw.offset, raw.size, raw.key)
         assert again.files == raw.files and again.key == raw.key

@@ -62,6 +62,16 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+@dataclass(frozen=True)
+class Written:
+    """Where :meth:`ShardWriter.write` put a sample: its shard's file name and its byte extent there (the
+    :class:`RawSample` convention, so :func:`read_sample_at` reads it back)."""
+
+    shard: str
+    offset: int
+    size: int
+
+
 @dataclass
 class ShardWriter:
     """Writes samples into ``<directory>/<prefix>-NNNNNN.tar`` shards, starting a new shard past ``max_bytes``.
@@ -88,17 +98,18 @@ class ShardWriter:
         self.counts.append(0)
         self._bytes = 0
 
-    def write(self, key: str, files: dict[str, bytes]) -> str:
-        """Write one sample; ``files`` maps extension (``json``, ``0.png``, ...) to bytes. Returns the shard name."""
+    def write(self, key: str, files: dict[str, bytes]) -> Written:
+        """Write one sample; ``files`` maps extension (``json``, ``0.png``, ...) to bytes."""
         size = sum(len(v) + 1024 for v in files.values())
         if self._tar is None or (self.numbered and self._bytes and self._bytes + size > self.max_bytes):
             self.close()
             self._open()
+        start = self._tar.offset
         for ext in sorted(files, key=lambda e: _member_order(f"k.{e}")):
             _add(self._tar, f"{key}.{ext}", files[ext])
         self._bytes += size
         self.counts[-1] += 1
-        return self.shards[-1].name
+        return Written(self.shards[-1].name, start, self._tar.offset - start)
 
     def close(self) -> None:
         if self._tar is not None:

@@ -9,7 +9,6 @@ from typing import Iterator
 
 import numpy as np
 from PIL import Image
-from sklearn.datasets import load_digits
 
 from llava_ov.data.prompts import POOL_TEMPLATES
 from llava_ov.data.sources import POOLS, Candidate, png_bytes, record, take
@@ -26,6 +25,8 @@ def _image(pixels: np.ndarray) -> bytes:
 
 
 def generate(sizes: dict[str, int], rng: np.random.Generator) -> Iterator[Candidate]:
+    from sklearn.datasets import load_digits  # ~3 s to import: paid by the one task that builds this source
+
     digits = load_digits()
     items = [(i, int(digits.target[i])) for i in range(len(digits.target))]
     train = [it for it in items if it[0] % 5]
