@@ -7,14 +7,17 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from llava_ov.artifacts import ArtifactWriter, open_artifact, write_json
-from llava_ov.concepts.encoder import ImageTextEncoder, train_encoder
-from llava_ov.concepts.index import streaming_topk
-from llava_ov.concepts.vocabulary import build_vocabulary, caption_concepts, read_vocabulary
-from llava_ov.data.reader import iter_samples, open_ingest
+from llava_ov.artifacts import ArtifactWriter, digest_dir, open_artifact, write_json
+from llava_ov.concepts.concept_matrix import concept_matrix
+from llava_ov.concepts.corpus import read_corpus
+from llava_ov.concepts.encoder import ImageTextEncoder, new_encoder, train_encoder
+from llava_ov.concepts.recall import recall_at_5, recall_sample
+from llava_ov.concepts.vocabulary import build_vocabulary, read_vocabulary
+from llava_ov.data.reader import open_ingest
 from llava_ov.params import load_params
 
 KIND, SCHEMA = "concept_encoder", 1
+CACHE = Path("cache/concept_vocabulary")
 
 
 def main() -> None:
@@ -25,32 +28,32 @@ def main() -> None:
     t0 = time.perf_counter()
     ingest = open_ingest()
     tokenizer_art = open_artifact("artifacts/tokenizer", "tokenizer", 1)
-    pairs = [(row["sample_id"], images[0], meta["messages"][-1]["content"])
-             for row, meta, images in iter_samples(ingest, tuple(enc_cfg["pools"]))]
-    held = np.array([int(sid, 16) % 1000 < enc_cfg["held_out_permille"] for sid, _, _ in pairs])
-    train = [p for p, h in zip(pairs, held) if not h]
-    test = [p for p, h in zip(pairs, held) if h]
-    vocab = (build_vocabulary((c for _, _, c in pairs), voc_cfg["wordnet_limit"]) if voc_cfg["source"] == "wordnet"
-             else read_vocabulary(Path(voc_cfg["source"])))
-    if enc_cfg["source"] == "train":
-        encoder, metrics = train_encoder([p[1] for p in train], [p[2] for p in train],
-                                         AutoTokenizer.from_pretrained(tokenizer_art.path), enc_cfg, params["seed"])
+    pools, permille = tuple(enc_cfg["pools"]), enc_cfg["held_out_permille"]
+    picks = recall_sample(ingest / "index.parquet", pools, permille, enc_cfg["recall_sample"], params["seed"])
+    train = enc_cfg["source"] == "train"
+    if train:
+        encoder = new_encoder(AutoTokenizer.from_pretrained(tokenizer_art.path), enc_cfg, params["seed"])
     else:
-        encoder, metrics = ImageTextEncoder.load(enc_cfg["source"]), {"imported": enc_cfg["source"]}
-    # recall@5: a held-out image's top-5 vocabulary entries include a concept named in its own caption
-    vocab_ids = {v: i for i, v in enumerate(vocab)}
-    concept_emb = encoder.embed_texts([enc_cfg["concept_prompt"].format(c) for c in vocab])
-    scored = [(img, caption_concepts(cap, vocab_ids)) for _, img, cap in test]
-    scored = [(img, c) for img, c in scored if c]
-    top5, _ = streaming_topk(encoder.embed_images([img for img, _ in scored]), concept_emb, 5)
-    recall = float(np.mean([bool(set(row.tolist()) & c) for row, (_, c) in zip(top5, scored)]))
+        encoder = ImageTextEncoder.load(enc_cfg["source"], "cuda" if torch.cuda.is_available() else "cpu")
+    corpus = read_corpus(ingest, pools, permille, picks, encoder.pixels if train else None,
+                         words=voc_cfg["source"] == "wordnet")
+    vocab = (build_vocabulary(corpus.words, voc_cfg["wordnet_limit"]) if voc_cfg["source"] == "wordnet"
+             else read_vocabulary(Path(voc_cfg["source"])))
+    if train:
+        metrics = train_encoder(encoder, torch.stack(corpus.pixels), corpus.captions, enc_cfg, params["seed"])
+        metrics["train_unreadable"] = corpus.unreadable
+    else:
+        metrics = {"imported": enc_cfg["source"]}
     with ArtifactWriter("artifacts/concept_encoder", KIND, SCHEMA, params={"concepts": cfg},
                         inputs={"ingest": ingest, "tokenizer": tokenizer_art}) as w:
         encoder.save(w.dir / "encoder")
+        concepts, reused = concept_matrix(encoder, digest_dir(w.dir / "encoder"), vocab, enc_cfg["concept_prompt"],
+                                          CACHE)
+        recall = recall_at_5(encoder, corpus.recall_pairs, vocab, concepts)
         (w.dir / "vocabulary.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-        np.save(w.dir / "concept_embeddings.npy", concept_emb.astype(np.float16))
-        w.stats.update(vocabulary=len(vocab), recall_at_5=round(recall, 4), held_out=len(scored))
-    metrics |= {"vocabulary": len(vocab), "recall_at_5": round(recall, 4), "held_out": len(scored),
+        np.save(w.dir / "concept_embeddings.npy", concepts)
+        w.stats.update(vocabulary=len(vocab), **recall)
+    metrics |= {"vocabulary": len(vocab), **recall, "vocabulary_reused": reused,
                 "seconds": round(time.perf_counter() - t0, 2)}
     write_json("metrics/concept_encoder.json", metrics)
     print(f"concept_encoder: {metrics}")

@@ -1,50 +1,39 @@
-"""DVC stage `concept_index`: fp16 embeddings and top-k concepts of every image of the mid-training pool.
+"""DVC stage `concept_index`: top-k concepts (and optionally fp16 embeddings) of every image of the mid pool.
 
-Results are cached per source shard under ``cache/concept_index/`` keyed by (encoder digest, shard digest, k, code
-digest; see ``llava_ov.concepts.pool_index``), so adding a source shard embeds only that shard.
+The map over source shards runs on the engine, one worker per GPU (or CPU slot), each part cached by content under
+``cache/concept_index/`` (llava_ov/concepts/shard_index.py), so adding a shard computes only that shard.
 """
 
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
-
 from llava_ov.artifacts import ArtifactWriter, open_artifact, write_json
-from llava_ov.concepts.encoder import ImageTextEncoder
-from llava_ov.concepts.pool_index import index_pool
-from llava_ov.data.reader import index, open_ingest
-from llava_ov.file_cache import FileCache
+from llava_ov.concepts.shard_index import index_shards, make_spec, shard_jobs, write_index
+from llava_ov.data.reader import open_ingest
+from llava_ov.engine import Engine
 from llava_ov.params import load_params
 
-KIND, SCHEMA = "concept_index", 1
+KIND, SCHEMA = "concept_index", 2
 CACHE = Path("cache/concept_index")
+POOLS = ("mid",)
 
 
 def main() -> None:
     params = load_params()
-    k = params["concepts"]["topk"]
-    torch.set_num_threads(2)
+    cfg = params["concepts"]
     t0 = time.perf_counter()
     ingest = open_ingest()
     enc_art = open_artifact("artifacts/concept_encoder", "concept_encoder", 1)
-    concepts = np.load(enc_art / "concept_embeddings.npy")
-    pool = index_pool(ingest, "mid", ImageTextEncoder.load(enc_art / "encoder"), enc_art.digest, concepts, k,
-                      FileCache(CACHE, ".npz"))
-    rows, meta = pool.sample_ids, {r["sample_id"]: r for r in index(ingest, ("mid",))}
-    with ArtifactWriter("artifacts/concept_index", KIND, SCHEMA, params={"concepts.topk": k},
+    spec = make_spec(enc_art, cfg["topk"], cfg["index"], CACHE)
+    jobs = shard_jobs(ingest, POOLS)
+    results = index_shards(Engine.from_params(params), spec, jobs)
+    with ArtifactWriter("artifacts/concept_index", KIND, SCHEMA,
+                        params={"concepts.topk": cfg["topk"], "concepts.index": cfg["index"]},
                         inputs={"ingest": ingest, "concept_encoder": enc_art}) as w:
-        np.save(w.dir / "image_embeddings.npy", pool.embeddings)
-        pq.write_table(pa.table({"sample_id": rows, "source": [meta[s]["source"] for s in rows],
-                                 "shard": [meta[s]["shard"] for s in rows], "key": [meta[s]["key"] for s in rows],
-                                 "concepts": pa.array(pool.ids.tolist(), pa.list_(pa.int32())),
-                                 "similarities": pa.array(pool.sims.tolist(), pa.list_(pa.float32()))}),
-                       w.dir / "index.parquet", compression="zstd")
-        w.stats.update(images=len(rows), concepts=len(concepts), topk=k)
-    metrics = {"images": len(rows), "concepts": len(concepts), "topk": k,
-               "recall_at_5": enc_art.stats["recall_at_5"], "shards_reused": pool.reused,
+        stats = write_index(jobs, results, w.dir, spec.embeddings)
+        w.stats.update(stats, concepts=spec.n_concepts, topk=spec.k)
+    metrics = {**stats, "concepts": spec.n_concepts, "topk": spec.k, "recall_at_5": enc_art.stats["recall_at_5"],
+               "worker_start_seconds": round(max((r.worker_start for r in results), default=0.0), 2),
                "seconds": round(time.perf_counter() - t0, 2)}
     write_json("metrics/concept_index.json", metrics)
     print(f"concept_index: {metrics}")

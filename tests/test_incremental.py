@@ -56,7 +56,11 @@ PARAM_CHANGES = [
     ("stage0.tolerance", 0.001, ["stage0"]),
     ("concepts.encoder.epochs", 3, ["concept_encoder"]),
     ("concepts.vocabulary.wordnet_limit", 20000, ["concept_encoder"]),
+    ("concepts.encoder.recall_sample", 1000, ["concept_encoder"]),
     ("concepts.topk", 4, ["concept_index"]),
+    ("concepts.index.dtype", "bfloat16", ["concept_index"]),
+    ("concepts.index.batch", 512, ["concept_index"]),
+    ("engine.executor", "local", []),
     ("balance.mix.emoji", 2.0, ["balance"]),
     ("balance.method", "metaclip_threshold", ["balance"]),
     ("balance.target", 3000, ["balance"]),
@@ -78,6 +82,9 @@ PARAM_CHANGES = [
 FILE_CHANGES = [
     ("llava_ov/concepts/balance.py", ["balance"]),
     ("llava_ov/concepts/index.py", ["concept_encoder", "concept_index"]),
+    ("llava_ov/concepts/draws.py", ["concept_encoder", "concept_index", "balance"]),
+    ("llava_ov/concepts/shard_index.py", ["concept_index"]),
+    ("llava_ov/engine.py", ["ingest", "lengths", *PACKS, "concept_index"]),
     ("llava_ov/eval/scoring.py", EVALS),
     ("llava_ov/eval/tasks/easyvqa.yaml", EVALS),
     ("llava_ov/eval/report.py", ["report"]),
@@ -89,7 +96,7 @@ FILE_CHANGES = [
     ("llava_ov/train/launch.py", TRAINS),
     ("llava_ov/data/sources/emoji.py", ["ingest"]),
     ("llava_ov/data/prompts.py", ["ingest", *EVALS]),  # the sources write them, the eval specs read them
-    ("llava_ov/code_digest.py", ["lengths", *PACKS, "concept_index", *EVALS]),  # the stages whose caches it keys
+    ("llava_ov/code_digest.py", ["ingest", "lengths", *PACKS, "concept_encoder", "concept_index", *EVALS]),
     ("llava_ov/optim.py", ["vit_base", "llm_base", "concept_encoder", "concept_index"]),
     ("llava_ov/text/template.py", ["tokenizer", "lengths", *PACKS, "llm_base", *EVALS]),
     ("llava_ov/model/rice_vit.py", ["vit_base", "llm_base", "stage0", *TRAINS, *EVALS]),

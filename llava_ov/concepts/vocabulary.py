@@ -36,12 +36,13 @@ def corpus_words(texts: Iterable[str]) -> set[str]:
     return {w for t in texts for w in _WORD.findall(t.lower()) if w not in STOPWORDS and len(w) > 1}
 
 
-def build_vocabulary(texts: Iterable[str], wordnet_limit: int) -> list[str]:
-    """Sorted, de-duplicated vocabulary: WordNet nouns ∪ corpus words."""
-    return sorted(set(wordnet_nouns(wordnet_limit)) | corpus_words(texts))
+def build_vocabulary(words: set[str], wordnet_limit: int) -> list[str]:
+    """Sorted, de-duplicated vocabulary: WordNet nouns ∪ the corpus words (:func:`corpus_words` of the captions)."""
+    return sorted(set(wordnet_nouns(wordnet_limit)) | words)
 
 
 def read_vocabulary(path: Path) -> list[str]:
+    """Sorted, de-duplicated entries of a vocabulary file (MetaCLIP's ~500K), one per line."""
     entries = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not entries:
         raise ValueError(f"concept vocabulary {path} is empty; give one entry per line")
