@@ -91,8 +91,8 @@ def _start_ray(engine: Engine) -> None:
                                   runtime_env=env)
     if address:
         ray.init(address=address, **common)
-    else:
-        ray.init(num_cpus=engine.cpus, **common)
+    else:  # "local": always a new cluster of our own, never one another process happens to run on this machine
+        ray.init(address="local", num_cpus=engine.cpus, **common)
 
 
 def _ray_map(fn: Callable[[T], R], items: Sequence[T], desc: str, cpus: float, gpus: float) -> list[R]:

@@ -32,7 +32,7 @@ from llava_ov.params import load_params
 
 KINDS: dict[str, int] = {  # artifact kind -> the schema this code reads and writes
     "ingest": 1, "tokenizer": 1, "lengths": 2, "pack": 2, "vit": 1, "llm": 1, "hf_model": 1,
-    "concept_encoder": 2, "concept_index": 2, "balance": 1, "eval": 1, "report": 1,
+    "concept_encoder": 1, "concept_index": 2, "balance": 1, "eval": 1, "report": 1,
 }
 TRAIN_STAGES = ("stage1", "stage1_5", "stage2")
 EVAL_STAGES = ("stage0", *TRAIN_STAGES)
