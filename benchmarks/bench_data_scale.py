@@ -1,4 +1,4 @@
-"""The data path at scale: ingest -> lengths -> balance -> pack (plan + materialise at 8192) -> one loader epoch.
+"""The data path at scale: ingest -> balance -> lengths -> pack (plan + materialise at 8192) -> one loader epoch.
 
 N synthetic samples in the released Mid-Training-85M format (parquet files of ``id``, HF-Image ``image``, ``caption``;
 deterministic: small JPEGs of noise, captions of pseudo-words with a long-tailed length) go through the real stage
@@ -36,7 +36,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 PER_FILE = 10_000
 CAPACITY = 8192
-STEPS = ("ingest", "lengths", "balance", "pack", "loader")
+STEPS = ("ingest", "balance", "lengths", "pack", "loader")  # balance selects what lengths measures
 
 
 def _jpeg(rng: np.random.Generator, width: int, height: int) -> bytes:

@@ -145,7 +145,7 @@ def main() -> None:
               checkpoints=Path("unused"), live_dir=None, dtype=args.dtype, recompute=args.recompute)
     model = LlavaOVMegatron(config, init(1, 1), padded_vocab(config.text_config.vocab_size, 1), run.compute())
     total = args.warmup + args.steps
-    policy = Policy(stage="bench", pool_artifact="", init_artifact="", trainable="all", steps=total, lr=1e-5,
+    policy = Policy(stage="bench", trainable="all", steps=total, lr=1e-5,
                     weight_decay=0.0, beta2=0.95, micro_batch=1, grad_accum=1, beta1=0.9, eps=1e-5, clip_grad=1.0,
                     min_lr=1e-6, warmup_fraction=0.0, seed=0)
     ddp, optimizer, scheduler = prepare(model, policy, run)

@@ -3,38 +3,35 @@
 import torch
 from transformers import AutoTokenizer
 
-from llava_ov.artifacts import ArtifactWriter, open_artifact, write_json
 from llava_ov.base.llm_pretrain import pretrain_llm
 from llava_ov.base.sources import import_llm
-from llava_ov.data.reader import iter_samples, open_ingest
-from llava_ov.params import section
+from llava_ov.data.reader import iter_samples
+from llava_ov.stage import stage_run
 from llava_ov.text.template import PLACEHOLDER, ChatEncoder
-
-KIND, SCHEMA = "llm", 1
 
 
 def main() -> None:
-    cfg, seed = section("llm_base"), section("seed")
-    torch.set_num_threads(cfg.get("threads", 2))
-    tokenizer_art = open_artifact("artifacts/tokenizer", "tokenizer", 1)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_art.path)
-    with ArtifactWriter("artifacts/llm_base", KIND, SCHEMA, params={"llm_base": cfg, "seed": seed},
-                        inputs={"tokenizer": tokenizer_art}) as w:
-        if cfg["source"] == "pretrain":
-            ingest = open_ingest()
-            w.inputs = {"tokenizer": tokenizer_art, "ingest": ingest}
-            encoder = ChatEncoder(tokenizer)
-            documents = [encoder.encode([{"role": m["role"], "content": m["content"].replace(PLACEHOLDER, "").strip()}
-                                         for m in meta["messages"]], [])[0].tolist()
-                         for _, meta, _ in iter_samples(ingest, tuple(cfg["pools"]))]
-            model, metrics = pretrain_llm(tokenizer, documents, cfg, seed)
-        else:
-            model = import_llm(cfg["source"], cfg["size"], len(tokenizer))
-            metrics = {"imported": cfg["source"], "size": cfg["size"]}
-        model.save_pretrained(w.dir)
-        w.stats.update(parameters=sum(p.numel() for p in model.parameters()))
-    write_json("metrics/llm_base.json", metrics | w.stats)
-    print(f"llm_base: {metrics}")
+    with stage_run("llm_base") as run:
+        cfg, seed = run.params["llm_base"], run.params["seed"]
+        torch.set_num_threads(cfg.get("threads", 2))
+        tokenizer_art = run.open("tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_art.path)
+        with run.writer(params={"llm_base": cfg, "seed": seed}, inputs={"tokenizer": tokenizer_art}) as w:
+            if cfg["source"] == "pretrain":
+                ingest = run.open("ingest")
+                w.inputs = {"tokenizer": tokenizer_art, "ingest": ingest}
+                encoder = ChatEncoder(tokenizer)
+                documents = [encoder.encode([{"role": m["role"],
+                                              "content": m["content"].replace(PLACEHOLDER, "").strip()}
+                                             for m in meta["messages"]], [])[0].tolist()
+                             for _, meta, _ in iter_samples(ingest, tuple(cfg["pools"]))]
+                model, metrics = pretrain_llm(tokenizer, documents, cfg, seed)
+            else:
+                model = import_llm(cfg["source"], cfg["size"], len(tokenizer))
+                metrics = {"imported": cfg["source"], "size": cfg["size"]}
+            model.save_pretrained(w.dir)
+            w.stats.update(parameters=sum(p.numel() for p in model.parameters()))
+        run.metrics.update(metrics, **w.stats)
 
 
 if __name__ == "__main__":

@@ -247,7 +247,8 @@ def test_report_builds_sections_from_whatever_is_built(tmp_path):
     (live / "loss.tsv").write_text("timestamp\tstep\tloss\n0\t0\t5.0\n0\t1\t4.0\n")
     expect = {"stage1": {"task": "caption", "metric": "loss", "better": "lower"},
               "stage2": {"task": "easyvqa", "metric": "accuracy", "better": "higher"}}
-    summary = build_report(root, out, ["stage0", "stage1", "stage2"], ["stage1"], ["stage1"],
+    packs = {"stage1": root / "artifacts" / "pack_stage1"}  # not built: its section is missing
+    summary = build_report(root, out, ["stage0", "stage1", "stage2"], ["stage1"], packs,
                            ["eval_stage0", "eval_stage2"], expect)
     assert summary["eval_stages"] == ["stage0", "stage2"] and summary["train_stages"] == ["stage1"]
     assert summary["as_expected"] == {"stage2": True}  # stage1 is not evaluated: nothing to judge
@@ -259,14 +260,14 @@ def test_report_builds_sections_from_whatever_is_built(tmp_path):
     assert {p.name for p in out.glob("*.png")} == {"eval_by_category.png", "eval_per_stage.png", "loss_curves.png",
                                                   "wall_time.png"}
     first = {p.name: p.read_bytes() for p in out.iterdir()}
-    build_report(root, out, ["stage0", "stage1", "stage2"], ["stage1"], ["stage1"], ["eval_stage0", "eval_stage2"],
+    build_report(root, out, ["stage0", "stage1", "stage2"], ["stage1"], packs, ["eval_stage0", "eval_stage2"],
                  expect)
     assert first == {p.name: p.read_bytes() for p in out.iterdir()}  # byte-identical: no timestamps
     worse = {"stage2": {"task": "easyvqa", "metric": "loss", "better": "higher"}}  # loss 3.0 -> 2.1 fell
-    assert build_report(root, out, ["stage0", "stage2"], [], [], [], worse)["as_expected"] == {"stage2": False}
+    assert build_report(root, out, ["stage0", "stage2"], [], {}, [], worse)["as_expected"] == {"stage2": False}
     assert "| higher | NO |" in (out / "report.md").read_text()
     with pytest.raises(ValueError, match=r"report.expect.stage2.better is 'up': use lower or higher"):
-        build_report(root, out, ["stage0", "stage2"], [], [], [], {"stage2": {**worse["stage2"], "better": "up"}})
+        build_report(root, out, ["stage0", "stage2"], [], {}, [], {"stage2": {**worse["stage2"], "better": "up"}})
 
 
 
@@ -325,7 +326,7 @@ def test_report_puts_lmms_scores_beside_the_published_table(tmp_path):
     for stage, lmms in (("stage0", early), ("stage2", late)):
         (root / "metrics" / f"eval_{stage}.json").write_text(json.dumps(
             {"lmms": lmms, "lmms_generation": stage == "stage2", "seconds": 1.0}))
-    summary = build_report(root, out, ["stage0", "stage2"], [], [], [], {},
+    summary = build_report(root, out, ["stage0", "stage2"], [], {}, [], {},
                            {"model": "ov15_4b", "stage": "stage2", "tolerance": 2.0})
     assert summary["published"]["mmstar"] == {"value": 70.2, "published": 64.9, "delta": 5.3,
                                               "within_tolerance": False}
@@ -344,7 +345,7 @@ def test_report_puts_lmms_scores_beside_the_published_table(tmp_path):
     # The default profile's report has no lmms-eval section at all.
     (root / "metrics" / "eval_stage2.json").write_text(json.dumps({"easyvqa": {"accuracy": 0.9, "samples": 10}}))
     (root / "metrics" / "eval_stage0.json").unlink()
-    assert "published" not in build_report(root, out, ["stage2"], [], [], [], {}, {"model": "", "stage": "stage2",
+    assert "published" not in build_report(root, out, ["stage2"], [], {}, [], {}, {"model": "", "stage": "stage2",
                                                                                    "tolerance": 2.0})
     assert "Published benchmarks" not in (out / "report.md").read_text()
 

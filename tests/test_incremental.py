@@ -85,6 +85,7 @@ FILE_CHANGES = [
     ("llava_ov/concepts/draws.py", ["concept_encoder", "concept_index", "balance"]),
     ("llava_ov/concepts/shard_index.py", ["concept_index"]),
     ("llava_ov/engine.py", ["ingest", "lengths", *PACKS, "concept_index"]),
+    ("llava_ov/stage.py", ALL),  # every stage script runs through stage_run / the contracts
     ("llava_ov/eval/scoring.py", EVALS),
     ("llava_ov/eval/tasks/easyvqa.yaml", EVALS),
     ("llava_ov/eval/report.py", ["report"]),

@@ -38,13 +38,14 @@ def project_4b(tmp_path, monkeypatch):
     return root, params
 
 
-def test_4b_profile_imports_hub_folders_and_merges_a_released_layout_stage0(project_4b):
+def test_4b_profile_imports_hub_folders_and_merges_a_released_layout_stage0(project_4b, monkeypatch):
     from stages import llm_base, stage0, tokenizer, vit_base
 
     root, params = project_4b
     assert (root / params["llm_base"]["source"] / "model.safetensors.index.json").is_file()  # sharded, as on the hub
     assert (root / params["vit_base"]["source"] / "model.safetensors.index.json").is_file()
     for stage in (tokenizer, llm_base, vit_base, stage0):
+        monkeypatch.setattr("sys.argv", [stage.__name__])  # no arguments: the graph's own paths
         stage.main()
     metrics = json.loads((root / "metrics" / "stage0.json").read_text())
     assert metrics["llm_max_abs_diff"] == 0.0 and metrics["vit_max_abs_diff"] < 1e-4

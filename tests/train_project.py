@@ -100,7 +100,17 @@ def stage_env() -> dict:
     return env
 
 
+INIT = {"stage1": "stage0", "stage1_5": "train_stage1", "stage2": "train_stage1_5"}  # as dvc.yaml chains them
+
+
+def stage_command(stage: str = "stage1") -> list[str]:
+    """The train stage's command as ``dvc.yaml`` gives it (its inputs and outputs on the command line)."""
+    return [sys.executable, "-m", "stages.train", stage, "--in", f"init=artifacts/{INIT[stage]}",
+            "--in", f"packs=artifacts/pack_{stage}", "--out", f"artifacts/train_{stage}",
+            "--metrics", f"metrics/train_{stage}.json"]
+
+
 def run_stage(root: Path, stage: str = "stage1", timeout: float = 240) -> subprocess.CompletedProcess:
-    """``python -m stages.train STAGE`` in ``root`` (a fresh interpreter, as DVC runs it)."""
-    return subprocess.run([sys.executable, "-m", "stages.train", stage], cwd=root, env=stage_env(),
+    """The train stage in ``root`` (a fresh interpreter, as DVC runs it)."""
+    return subprocess.run(stage_command(stage), cwd=root, env=stage_env(),
                           capture_output=True, text=True, timeout=timeout)

@@ -15,14 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from llava_ov.artifacts import Artifact, ArtifactError, open_artifact
+from llava_ov.artifacts import Artifact, ArtifactError
 from llava_ov.data.shards import read_shard, sample_images
+from llava_ov.stage import contract, open_input
 
-KIND, SCHEMA = "ingest", 1
-
-
-def open_ingest(path: Path | str = "artifacts/ingest") -> Artifact:
-    return open_artifact(path, KIND, SCHEMA)
+def open_ingest(path: Path | str | None = None) -> Artifact:
+    """The ingest artifact (by default where the stage graph puts it)."""
+    return open_input(path or contract("ingest").path, "ingest")
 
 
 def index_table(art: Artifact, pools: Sequence[str] | None = None, columns: list[str] | None = None,

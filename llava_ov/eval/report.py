@@ -2,7 +2,8 @@
 
 Inputs are the small files other stages already write: ``metrics/eval_<stage>.json`` (accuracy per task and
 category, blind baseline; lmms-eval benchmarks, put beside the published table of :mod:`llava_ov.eval.published`),
-``metrics/balance.json`` (concept coverage), pack plans + lengths (pack fill), DVCLive training logs
+``metrics/balance.json`` (concept coverage), the pack artifacts' pack index (pack fill, ``pack_dirs``: stage ->
+folder), DVCLive training logs
 (``plots/train_<stage>/plots/metrics/loss.tsv``) and every stage's ``seconds``. A section whose inputs are not
 built yet says so instead of failing, so the report can be built at any point of the graph.
 Plots carry no timestamps: the same inputs give byte-identical PNGs.
@@ -179,13 +180,9 @@ def plot_coverage(balance: dict, out: Path) -> str:
     return _save(fig, out / "concept_coverage.png")
 
 
-def pack_fills(plan: Path, lengths: dict[str, int], capacity: int) -> np.ndarray:
-    """Fill fraction of every pack of a pack plan."""
-    rows = pq.read_table(plan, columns=["pack", "sample_id"]).to_pydict()
-    totals: dict[int, int] = {}
-    for pack, sid in zip(rows["pack"], rows["sample_id"]):
-        totals[pack] = totals.get(pack, 0) + lengths[sid]
-    return np.array([totals[p] for p in sorted(totals)], dtype=float) / capacity
+def pack_fills(packs: Path, capacity: int) -> np.ndarray:
+    """Fill fraction of every pack of a pack artifact (its ``packs.parquet`` token counts)."""
+    return pq.read_table(packs, columns=["tokens"])["tokens"].to_numpy().astype(float) / capacity
 
 
 def plot_fill(fills: dict[str, np.ndarray], out: Path) -> str:
@@ -227,7 +224,7 @@ def _html_table(rows: list[list[str]]) -> str:
 
 
 def build_report(root: Path, out: Path, eval_stages: list[str], train_stages: list[str],
-                 pack_stages: list[str], timed: list[str], expect: dict[str, dict] | None = None,
+                 pack_dirs: dict[str, Path], timed: list[str], expect: dict[str, dict] | None = None,
                  published: dict | None = None) -> dict:
     """Write ``report.md``, ``report.html`` and the PNGs into ``out``; return a summary (sections built, whether
     each stage moved its own metric the expected way, see :func:`stage_checks`, and, where lmms-eval benchmarks
@@ -265,15 +262,11 @@ def build_report(root: Path, out: Path, eval_stages: list[str], train_stages: li
     balance = _read_json(metrics / "balance.json")
     if balance:
         sections.append(("Concept coverage before/after balancing", plot_coverage(balance, out), None, ""))
-    lengths_path = root / "artifacts" / "lengths" / "lengths.parquet"
     fills = {}
-    if lengths_path.is_file():
-        lt = pq.read_table(lengths_path, columns=["sample_id", "total"]).to_pydict()
-        lengths = dict(zip(lt["sample_id"], lt["total"]))
-        for s in pack_stages:
-            plan, pm = root / "artifacts" / f"pack_{s}" / "plan.parquet", _read_json(metrics / f"pack_{s}.json")
-            if plan.is_file() and pm:
-                fills[s] = pack_fills(plan, lengths, pm["capacity"])
+    for s, folder in pack_dirs.items():
+        packs, pm = folder / "packs.parquet", _read_json(metrics / f"pack_{s}.json")
+        if packs.is_file() and pm:
+            fills[s] = pack_fills(packs, pm["capacity"])
     if fills:
         sections.append(("Pack fill", plot_fill(fills, out), None, ""))
     seconds = {n: m["seconds"] for n in timed if (m := _read_json(metrics / f"{n}.json")) and "seconds" in m}

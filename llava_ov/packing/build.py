@@ -168,7 +168,7 @@ def write_pack_index(results: list[tuple[str, str, list[tuple[int, int]]]], plan
     return names
 
 
-def pack_metrics(summary: PlanSummary, capacity: int, seconds: float) -> dict:
+def pack_metrics(summary: PlanSummary, capacity: int) -> dict:
     """The pack stage's metrics (``metrics/pack_<stage>.json``); in = packed + rejected must reconcile."""
     lower = -(-summary.tokens // capacity)
     metrics = {"samples": summary.samples, "packs": summary.packs, "capacity": capacity,
@@ -176,8 +176,7 @@ def pack_metrics(summary: PlanSummary, capacity: int, seconds: float) -> dict:
                "gap": round((summary.packs - lower) / max(lower, 1), 5),
                "padding_compression": round(summary.samples / max(summary.packs, 1), 3),
                "rejected": len(summary.rejected), "shards": summary.out_shards, "plan_groups": summary.groups,
-               "mean_shard_bytes": summary.shard_bytes // max(summary.out_shards, 1),
-               "seconds": round(seconds, 2)}
+               "mean_shard_bytes": summary.shard_bytes // max(summary.out_shards, 1)}
     if metrics["samples"] + metrics["rejected"] != summary.candidates:
         raise RuntimeError(f"pack accounting: {metrics['samples']} packed + {metrics['rejected']} rejected != "
                            f"{summary.candidates} samples of the pools")

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 from transformers import AutoTokenizer
@@ -107,6 +108,19 @@ def shard_jobs(ingest: Artifact, tokenizer: Artifact, image: dict, pools: tuple[
     return [ShardJob(str((ingest.path / rel).resolve()), rel, pool, ingest.file_digest(rel),
                      str(tokenizer.path.resolve()), image, cache)
             for pool, rel in sorted(zip(shards["pool"].to_pylist(), shards["shard"].to_pylist()))]
+
+
+def balanced_selection(manifest: Path, pool: str = "mid") -> Callable[[pa.Table], pa.Table]:
+    """A filter of one shard's lengths rows: of ``pool``, only the samples ``balance``'s manifest selected (read for
+    that shard alone, predicates pushed down); every other pool's rows pass."""
+    def keep(table: pa.Table) -> pa.Table:
+        if table.num_rows == 0 or table["pool"][0].as_py() != pool:
+            return table
+        shard = table["shard"][0].as_py()
+        selected = pq.read_table(manifest, columns=["sample_id"],
+                                 filters=[("shard", "==", shard), ("selected", "==", True)])["sample_id"]
+        return table.filter(pc.is_in(table["sample_id"], value_set=selected))
+    return keep
 
 
 def write_lengths(parts: list[str], out: Path, keep: Callable[[pa.Table], pa.Table] | None = None) -> dict:

@@ -24,7 +24,7 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 AGENT_ENV = "LLAVA_OV_RDZV_ENDPOINT"  # set by srun for its tasks: "host:port" of the rendezvous
 DEFAULT_PORT = 29500
@@ -58,7 +58,7 @@ def hostnames(nodelist: str) -> list[str]:
 
 
 def torchrun(stage: str, layout: Layout, *, endpoint: str | None = None, node_rank: int | None = None,
-             rdzv_id: str | None = None) -> list[str]:
+             rdzv_id: str | None = None, argv: Sequence[str] = ()) -> list[str]:
     """The torchrun agent of this node: standalone on one node, a c10d rendezvous at ``endpoint`` otherwise."""
     cmd = [sys.executable, "-m", "torch.distributed.run"]
     if layout.nnodes == 1:
@@ -71,10 +71,10 @@ def torchrun(stage: str, layout: Layout, *, endpoint: str | None = None, node_ra
                 f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id or 'llava-ov-' + stage}"]
         if node_rank is not None:
             cmd.append(f"--node-rank={node_rank}")
-    return cmd + ["-m", STAGE_MODULE, stage]
+    return cmd + ["-m", STAGE_MODULE, *(argv or [stage])]
 
 
-def srun(stage: str, layout: Layout, env: Mapping[str, str]) -> list[str]:
+def srun(stage: str, layout: Layout, env: Mapping[str, str], argv: Sequence[str] = ()) -> list[str]:
     """From a Slurm batch step: one task per node, each of which becomes that node's torchrun agent."""
     allocated = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 0)
     if allocated != layout.nnodes:
@@ -84,32 +84,35 @@ def srun(stage: str, layout: Layout, env: Mapping[str, str]) -> list[str]:
     head = hostnames(env["SLURM_JOB_NODELIST"])[0]
     endpoint = f"{head}:{env.get('MASTER_PORT') or DEFAULT_PORT}"
     return ["srun", f"--nodes={layout.nnodes}", f"--ntasks={layout.nnodes}", "--ntasks-per-node=1",
-            "--kill-on-bad-exit=1", f"--export=ALL,{AGENT_ENV}={endpoint}", sys.executable, "-m", STAGE_MODULE, stage]
+            "--kill-on-bad-exit=1", f"--export=ALL,{AGENT_ENV}={endpoint}", sys.executable, "-m", STAGE_MODULE,
+            *(argv or [stage])]
 
 
-def agent(stage: str, layout: Layout, env: Mapping[str, str]) -> list[str]:
+def agent(stage: str, layout: Layout, env: Mapping[str, str], argv: Sequence[str] = ()) -> list[str]:
     """Inside one srun task: this node's torchrun agent, its place taken from Slurm's variables."""
     nnodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES"))
     if nnodes != layout.nnodes:
         raise ValueError(f"srun task of job {env.get('SLURM_JOB_ID')} sees {nnodes} nodes, train@{stage} expects "
                          f"{layout.nnodes}")
     return torchrun(stage, layout, endpoint=env[AGENT_ENV], node_rank=int(env["SLURM_NODEID"]),
-                    rdzv_id=f"slurm-{env['SLURM_JOB_ID']}")
+                    rdzv_id=f"slurm-{env['SLURM_JOB_ID']}", argv=argv)
 
 
-def command(stage: str, layout: Layout, env: Mapping[str, str]) -> list[str] | None:
-    """What ``python -m stages.train STAGE`` runs to start its processes here; None: train in this process."""
+def command(stage: str, layout: Layout, env: Mapping[str, str], argv: Sequence[str] = ()) -> list[str] | None:
+    """What ``python -m stages.train STAGE [ARGS]`` runs to start its processes here (every process it starts runs
+    the stage module with the same ``argv``, default ``[STAGE]``); None: train in this process."""
     if "LOCAL_RANK" in env:  # a worker that torchrun started
         return None
     if AGENT_ENV in env:
-        return agent(stage, layout, env)
+        return agent(stage, layout, env, argv)
     if layout.nnodes > 1 and "SLURM_JOB_ID" in env:
-        return srun(stage, layout, env)
+        return srun(stage, layout, env, argv)
     if layout.nnodes == 1 and layout.nproc == 1:  # one process needs no launcher: it forms a one-rank group
         return None
     endpoint = f"{env['MASTER_ADDR']}:{env.get('MASTER_PORT') or DEFAULT_PORT}" if env.get("MASTER_ADDR") else None
     node_rank = int(env["NODE_RANK"]) if env.get("NODE_RANK") else None
-    return torchrun(stage, layout, endpoint=endpoint, node_rank=node_rank, rdzv_id=env.get("LLAVA_OV_RDZV_ID"))
+    return torchrun(stage, layout, endpoint=endpoint, node_rank=node_rank, rdzv_id=env.get("LLAVA_OV_RDZV_ID"),
+                    argv=argv)
 
 
 def render(cmd: list[str]) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 STAGES = ("stage1", "stage1_5", "stage2")
-PREVIOUS = {"stage1": "stage0", "stage1_5": "train_stage1", "stage2": "train_stage1_5"}
 # merger: the recipe's Stage-1; all: its Stage-1.5/2; merger_llm: everything but the ViT (keeps the pretrained
 # ViT's features when a tiny ViT would otherwise be retrained by a high lr, see docs/training.md)
 TRAINABLE = ("merger", "merger_llm", "all")
@@ -22,8 +21,6 @@ class Policy:
     """Everything one stage's optimisation depends on (hashed into the checkpoint identity)."""
 
     stage: str
-    pool_artifact: str
-    init_artifact: str
     trainable: str
     steps: int
     lr: float
@@ -55,8 +52,7 @@ def policy(stage: str, train: dict, seed: int) -> Policy:
         raise ValueError(f"params.yaml train.{stage}.trainable is {own['trainable']!r}; expected one of {TRAINABLE}")
     if own["steps"] < 1 or common["micro_batch"] < 1 or own["grad_accum"] < 1:
         raise ValueError(f"params.yaml train: steps, micro_batch and grad_accum must be >= 1 (stage {stage})")
-    return Policy(stage=stage, pool_artifact=f"artifacts/pack_{stage}", init_artifact=f"artifacts/{PREVIOUS[stage]}",
-                  trainable=own["trainable"], steps=int(own["steps"]), lr=float(own["lr"]),
+    return Policy(stage=stage, trainable=own["trainable"], steps=int(own["steps"]), lr=float(own["lr"]),
                   weight_decay=float(own["weight_decay"]), beta2=float(own["beta2"]),
                   micro_batch=int(common["micro_batch"]), grad_accum=int(own["grad_accum"]),
                   beta1=float(common["beta1"]), eps=float(common["eps"]), clip_grad=float(common["clip_grad"]),
