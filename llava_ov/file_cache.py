@@ -44,6 +44,16 @@ def intact(path: Path, sealed: list) -> bool:
     return (st.st_size, st.st_mtime_ns) == (size, mtime_ns) or (st.st_size == size and digest_file(path) == digest)
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Put a cached file into an artifact: a hard link (no bytes copied; cache entries and artifact files are only
+    ever replaced, never written in place), or a copy where the filesystem cannot link (another device)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def remove_stale(root: Path) -> None:
     """Remove the temporaries (``.tmp-<pid>-<host>-...``, files or folders) of dead writers under ``root``."""
     for path in Path(root).glob(".tmp-*"):

@@ -1,6 +1,5 @@
 """Tokenizer and conversation encoding: special tokens, the chat template and the assistant-only loss mask."""
 
-import numpy as np
 import pytest
 
 from llava_ov.text.template import ChatEncoder

@@ -5,7 +5,7 @@ import zlib
 
 import pytest
 
-from tests.test_validate import QA, _files, _image, _rejected
+from tests.test_validate import _files, _image, _rejected
 
 
 def _png_header_only(width: int, height: int) -> bytes:

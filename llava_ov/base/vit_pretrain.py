@@ -20,7 +20,6 @@ from collections import Counter
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import MLCDVisionConfig, MLCDVisionModel
 

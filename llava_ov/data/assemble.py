@@ -10,8 +10,6 @@ group's rows and the settle step's arrays, never a Python object per sample.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from collections import Counter
 from contextlib import contextmanager
@@ -29,6 +27,7 @@ from llava_ov.data.settle import EVAL, Fate, hex_id, holders, settle
 from llava_ov.data.shards import ShardWriter, encode_meta, read_shard
 from llava_ov.data.sources import POOLS
 from llava_ov.engine import Engine
+from llava_ov.file_cache import link_or_copy
 
 LOCAL = Engine(executor="local")  # library calls run in-process unless given an engine: only stages start Ray
 J = TypeVar("J")
@@ -103,16 +102,6 @@ class Tally:
             "total": kept + rejected, "kept": kept, "rejected": rejected,
             "reject_reasons": dict(sorted((+self.reasons).items())),
         }
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (no bytes copied; both are only ever replaced, never written in place), or copy
-    it where the filesystem cannot link (another device, no hard links)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
 
 
 def rewrite_shard(src: Path, dst: Path, renames: dict[str, str | None]) -> dict[str, tuple[int, int]]:

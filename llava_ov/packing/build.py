@@ -14,8 +14,6 @@ is one packed shard. ``packs.parquet`` then records each pack's shard and byte e
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from transformers import AutoTokenizer
 
 from llava_ov.artifacts import write_json, write_jsonl
 from llava_ov.engine import Engine
-from llava_ov.file_cache import FileCache
+from llava_ov.file_cache import FileCache, link_or_copy
 from llava_ov.packing.materialize import ShardTask, encoding_digest, materialize_shard, pack_bytes, packs_per_shard
 from llava_ov.packing.plan import plan_packs
 from llava_ov.text.template import ChatEncoder
@@ -134,14 +132,6 @@ def _ipc_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def place_shard(cached: Path, target: Path) -> None:
-    """Put a cached packed shard into the artifact: a hard link when the cache is on the same filesystem."""
-    try:
-        os.link(cached, target)
-    except OSError:
-        shutil.copyfile(cached, target)
-
-
 def write_pack_index(results: list[tuple[str, str, list[tuple[int, int]]]], plan: Path, shards_dir: Path,
                      out: Path) -> list[str]:
     """Place each packed shard (in plan order) into ``shards_dir`` and write ``out`` (``packs.parquet``).
@@ -152,7 +142,7 @@ def write_pack_index(results: list[tuple[str, str, list[tuple[int, int]]]], plan
     shards_dir.mkdir(parents=True, exist_ok=True)
     names = []
     for name, cached, _ in results:
-        place_shard(Path(cached), shards_dir / f"{name}.tar")
+        link_or_copy(Path(cached), shards_dir / f"{name}.tar")
         names.append(name)
     per_pack = pq.read_table(plan, columns=["pack", "total"]).group_by("pack").aggregate(
         [("total", "count"), ("total", "sum")]).sort_by("pack")
