@@ -74,6 +74,7 @@ class PlanSummary:
     rejected: list[dict] = field(default_factory=list)
     rows_digest: str = ""
     shard_bytes: int = 0  # bytes of the packed shards written
+    shards_computed: int = 0  # packed shards encoded in this run (the others served by the cache)
 
 
 def write_plan(lengths: Path, pools: list[str], capacity: int, patch_capacity: int, shard_bytes: int,
@@ -132,7 +133,7 @@ def _ipc_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def write_pack_index(results: list[tuple[str, str, list[tuple[int, int]]]], plan: Path, shards_dir: Path,
+def write_pack_index(results: list[tuple[str, str, list[tuple[int, int]], bool]], plan: Path, shards_dir: Path,
                      out: Path) -> list[str]:
     """Place each packed shard (in plan order) into ``shards_dir`` and write ``out`` (``packs.parquet``).
 
@@ -141,12 +142,12 @@ def write_pack_index(results: list[tuple[str, str, list[tuple[int, int]]]], plan
     """
     shards_dir.mkdir(parents=True, exist_ok=True)
     names = []
-    for name, cached, _ in results:
+    for name, cached, _, _ in results:
         link_or_copy(Path(cached), shards_dir / f"{name}.tar")
         names.append(name)
     per_pack = pq.read_table(plan, columns=["pack", "total"]).group_by("pack").aggregate(
         [("total", "count"), ("total", "sum")]).sort_by("pack")
-    extents = [(name, f"{j:06d}", offset, size) for name, _, packs in results
+    extents = [(name, f"{j:06d}", offset, size) for name, _, packs, _ in results
                for j, (offset, size) in enumerate(packs)]
     if len(extents) != per_pack.num_rows:
         raise RuntimeError(f"{len(extents)} packs written for {per_pack.num_rows} planned")
@@ -166,7 +167,8 @@ def pack_metrics(summary: PlanSummary, capacity: int) -> dict:
                "gap": round((summary.packs - lower) / max(lower, 1), 5),
                "padding_compression": round(summary.samples / max(summary.packs, 1), 3),
                "rejected": len(summary.rejected), "shards": summary.out_shards, "plan_groups": summary.groups,
-               "mean_shard_bytes": summary.shard_bytes // max(summary.out_shards, 1)}
+               "mean_shard_bytes": summary.shard_bytes // max(summary.out_shards, 1),
+               "shards_computed": summary.shards_computed}
     if metrics["samples"] + metrics["rejected"] != summary.candidates:
         raise RuntimeError(f"pack accounting: {metrics['samples']} packed + {metrics['rejected']} rejected != "
                            f"{summary.candidates} samples of the pools")
@@ -189,5 +191,6 @@ def build_packs(out: Path, lengths: Path, ingest: Path, tokenizer: Path, image: 
                        encoding) for k in range(summary.out_shards)]
     results = engine.map(materialize_shard, tasks, desc="packed shards")
     write_json(out / "shards.json", write_pack_index(results, plan, out / "shards", out / "packs.parquet"))
+    summary.shards_computed = sum(computed for *_, computed in results)
     summary.shard_bytes = sum(p.stat().st_size for p in (out / "shards").glob("*.tar"))
     return summary

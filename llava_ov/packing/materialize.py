@@ -116,8 +116,9 @@ def _encoder(tokenizer: str) -> ChatEncoder:
     return ChatEncoder(AutoTokenizer.from_pretrained(tokenizer))
 
 
-def materialize_shard(task: ShardTask) -> tuple[str, str, list[tuple[int, int]]]:
-    """Write (or find in the cache) one packed shard; returns (name, cached path, each pack's (offset, size)).
+def materialize_shard(task: ShardTask) -> tuple[str, str, list[tuple[int, int]], bool]:
+    """Write (or find in the cache) one packed shard; returns (name, cached path, each pack's (offset, size),
+    whether it was encoded now rather than served by the cache).
 
     The shard's name is the digest of its packs' member ids, its cache key that name plus the encoding digest:
     an unchanged group of the plan is served from the cache whatever happened to the other groups.
@@ -133,7 +134,8 @@ def materialize_shard(task: ShardTask) -> tuple[str, str, list[tuple[int, int]]]
     name = shard_name(members)
     key = digest_json([name, task.encoding])
     cached = task.cache.get(key)
-    if cached is None:
+    computed = cached is None
+    if computed:
         encoder, processor = _encoder(task.tokenizer), ImageProcessor(**task.image)
         shards, keys = rows["shard"].to_pylist(), rows["key"].to_pylist()
         offsets, sizes, totals = (rows[c].to_numpy() for c in ("offset", "size", "total"))
@@ -150,4 +152,4 @@ def materialize_shard(task: ShardTask) -> tuple[str, str, list[tuple[int, int]]]
     extents = [(raw.offset, raw.size) for raw in read_shard(cached)]
     if len(extents) != len(bounds):
         raise RuntimeError(f"packed shard {cached} holds {len(extents)} packs, the plan {len(bounds)}")
-    return name, str(cached), extents
+    return name, str(cached), extents, computed
