@@ -63,7 +63,7 @@ def generate(folder: Path, samples: int, side: tuple[int, int], seed: int = 0) -
     cursor = 0
     for first in range(0, samples, PER_FILE):
         n = min(PER_FILE, samples - first)
-        lengths = np.clip(rng.lognormal(np.log(45), 0.6, n).astype(int), 12, 600)  # words per caption
+        lengths = np.clip(rng.lognormal(np.log(150), 0.5, n).astype(int), 20, 1200)  # words per caption
         captions = []
         for length in lengths:
             if cursor + length > len(zipf):
