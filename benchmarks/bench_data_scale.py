@@ -52,7 +52,7 @@ def _words(rng: np.random.Generator, n: int = 4000) -> list[str]:
     return ["".join(rng.choice(syllables, rng.integers(1, 4))) for _ in range(n)]
 
 
-def generate(folder: Path, samples: int, side: tuple[int, int], seed: int = 0) -> None:
+def generate(folder: Path, samples: int, side: tuple[int, int], seed: int = 0, first_file: int = 0) -> None:
     """``samples`` rows of the released parquet schema under ``folder`` (PER_FILE rows a file, nested folders)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -61,8 +61,8 @@ def generate(folder: Path, samples: int, side: tuple[int, int], seed: int = 0) -
     words = _words(rng)
     zipf = rng.zipf(1.3, 10 * samples) % len(words)
     cursor = 0
-    for first in range(0, samples, PER_FILE):
-        n = min(PER_FILE, samples - first)
+    for first in range(first_file * PER_FILE, first_file * PER_FILE + samples, PER_FILE):
+        n = min(PER_FILE, first_file * PER_FILE + samples - first)
         lengths = np.clip(rng.lognormal(np.log(150), 0.5, n).astype(int), 20, 1200)  # words per caption
         captions = []
         for length in lengths:
@@ -206,6 +206,25 @@ def measure(root: Path, samples: int, side: tuple[int, int], cpus: int) -> dict[
     return results
 
 
+def add_one_file(root: Path, samples: int, side: tuple[int, int]) -> str:
+    """Add one source file to the built pool and rerun ingest -> balance -> lengths -> pack: what each recomputed."""
+    files = len(list((root / "data" / "released" / "mid").rglob("*.parquet")))
+    generate(root / "data" / "released" / "mid", PER_FILE, side, seed=1, first_file=samples // PER_FILE)
+    rows = [f"Adding one file of {PER_FILE:,} samples to {files} files:", "",
+            "| step | seconds | recomputed |", "|---|---:|---|"]
+    for step in ("ingest", "balance", "lengths", "pack"):
+        seconds = run_step(root, step)["seconds"]
+        name = {"pack": "pack_stage1_5"}.get(step, step)
+        m = json.loads((root / "metrics" / f"{name}.json").read_text()) if step != "balance" else {}
+        done = {"ingest": lambda: f"{m['cache']['converted']} of {len(m['files'])} files converted",
+                "balance": lambda: "every draw (a few numpy columns)",
+                "lengths": lambda: f"{m['shards_computed']} of {m['shards']} shards measured",
+                "pack": lambda: f"{m['shards_computed']} of {m['shards']} packed shards encoded, "
+                                f"{m['plan_groups']} plan groups"}[step]()
+        rows.append(f"| {step} | {seconds:.1f} | {done} |")
+    return "\n".join(rows)
+
+
 def table(samples: int, cpus: int, results: dict[str, dict]) -> str:
     rows = [f"N = {samples:,} samples, {cpus} CPU(s)", "",
             "| step | seconds | samples/s | peak RSS, all processes (MB) | peak RSS, largest process (MB) |",
@@ -226,6 +245,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=100_000)
     ap.add_argument("--image-cost", type=int, default=0, help="samples of 700x560 JPEGs for the per-image run")
     ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--add-file", action="store_true", help="then add one source file and rerun: what is recomputed")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/llava-ov-scale"))
     ap.add_argument("--internal-step", choices=("balance", "loader"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -241,8 +261,11 @@ def main() -> None:
         for step in STEPS:
             print(f"| {step} | {results[step]['seconds']:.1f} | {1000 * results[step]['seconds'] / n:.2f} |")
         return
-    results = measure(args.workdir / f"n{args.samples}", args.samples, (112, 84), args.cpus)
+    root = args.workdir / f"n{args.samples}"
+    results = measure(root, args.samples, (112, 84), args.cpus)
     print(table(args.samples, args.cpus, results))
+    if args.add_file:
+        print("\n" + add_one_file(root, args.samples, (112, 84)))
     (args.workdir / f"results-{args.samples}-{args.cpus}cpu.json").write_text(json.dumps(results, default=str))
 
 
