@@ -157,7 +157,11 @@ def test_preprocessing_threads_a_batch_ahead_give_the_same_part(pool, tmp_path):
     assert all(np.array_equal(inline[name], threaded[name]) for name in inline)
 
 
-def test_unreadable_images_are_counted_rejections(pool, tmp_path):
+@pytest.mark.parametrize("pillow_pads_truncated_files", [False, True])
+def test_unreadable_images_are_counted_rejections(pool, tmp_path, monkeypatch, pillow_pads_truncated_files):
+    """A truncated image is rejected even when another library (lmms-eval) has told Pillow to pad truncated files."""
+    from PIL import ImageFile
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", pillow_pads_truncated_files)
     stats, results = _run(pool, Engine(executor="local", cpus=1), tmp_path / "cache", tmp_path / "out")
     rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert stats["rejected"] == 2 and stats["reject_reasons"] == {"unreadable image": 2}

@@ -23,7 +23,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from llava_ov.concepts.folder import check_encoder_folder
 from llava_ov.optim import OneCycleAdamW
-from llava_ov.vision.image_processing import to_rgb
+from llava_ov.vision.image_processing import strict_decoding, to_rgb
 
 
 class UnreadableImage(ValueError):
@@ -63,7 +63,7 @@ class ImageTextEncoder:
         """One image's ``pixel_values`` [3, H, W] (float32) by the folder's processor; :class:`UnreadableImage` if
         the bytes do not decode or the processor refuses them."""
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with strict_decoding(), Image.open(io.BytesIO(data)) as image:
                 rgb = to_rgb(image)
             return self.processor(images=[rgb], return_tensors="pt")["pixel_values"][0]
         except Exception as e:  # noqa: BLE001 - any decoder/processor failure is this one image's rejection

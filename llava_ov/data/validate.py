@@ -11,14 +11,12 @@ from __future__ import annotations
 import io
 import json
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from llava_ov.data.shards import messages_text, sample_id
-from llava_ov.vision.image_processing import MAX_ASPECT_RATIO
+from llava_ov.vision.image_processing import MAX_ASPECT_RATIO, strict_decoding
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")  # only decoders for these run on untrusted bytes
 IMAGE_MEMBER = re.compile(r"^(\d+)\.(png|jpe?g|webp)$")
@@ -44,21 +42,9 @@ class Rejected(ValueError):
     sample_id: str = ""
 
 
-@contextmanager
-def _strict_decoding() -> Iterator[None]:
-    """Pillow pads a truncated file with grey and says nothing when ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set, a
-    process-wide flag other libraries set on import (lmms-eval does): validation decodes strictly whatever it is."""
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
 def check_image(data: bytes, name: str) -> tuple[int, int, bool]:
     """Decode an image fully (a truncated file fails only on load); returns (width, height, all black)."""
-    with _strict_decoding():
+    with strict_decoding():
         return _decode(data, name)
 
 

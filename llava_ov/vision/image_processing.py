@@ -10,16 +10,31 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CONFIG_NAME = "preprocessor_config.json"
 MAX_ASPECT_RATIO = 200  # Qwen2-VL's limit: a longer side more than 200x the shorter cannot be resized
+
+
+@contextmanager
+def strict_decoding() -> Iterator[None]:
+    """Pillow pads a truncated file with grey and says nothing when ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set, a
+    process-wide flag other libraries set on import (lmms-eval does): every decode of a sample's bytes (validation,
+    the concept encoder, the packed loader) is strict whatever the flag is."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
@@ -68,8 +83,10 @@ class ImageProcessor:
     def __call__(self, image: Image.Image | bytes) -> tuple[np.ndarray, tuple[int, int, int]]:
         """``pixel_values`` float32 [h·w, 3·p·p] in 2×2-window order, and the grid (1, h, w)."""
         if isinstance(image, (bytes, bytearray)):
-            image = Image.open(io.BytesIO(image))
-        image = to_rgb(image)
+            with strict_decoding(), Image.open(io.BytesIO(image)) as img:
+                image = to_rgb(img)
+        else:
+            image = to_rgb(image)
         t, gh, gw = self.grid(image.width, image.height)
         p, m = self.patch_size, self.merge_size
         resized = image.resize((gw * p, gh * p), Image.BICUBIC)
