@@ -41,3 +41,16 @@ def test_ray_and_local_give_the_same_results_in_item_order(monkeypatch):
         with pytest.raises(FileNotFoundError, match="shard-000003.tar is missing"):
             engine.map(fails_on_three, items, desc="ray")
     assert on_ray == local == [x * x for x in items]
+
+
+def test_one_item_runs_in_this_process_unless_a_ray_is_up(monkeypatch):
+    """A local Ray for one shard is start-up cost without parallelism; a cluster or a running session is used."""
+    import os
+
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    engine = Engine(executor="ray", cpus=2)
+    assert engine.map(lambda _: os.getpid(), [0], desc="one") == [os.getpid()] and not ray.is_initialized()
+    with engine.session():
+        assert engine.map(lambda _: os.getpid(), [0], desc="one") != [os.getpid()]  # a worker's pid
