@@ -24,7 +24,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from llava_ov.artifacts import digest_file, owner_tag, writer_alive
 
@@ -66,6 +66,25 @@ def remove_stale(root: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+def scratch(root: Path, make: Callable[..., str], suffix: str = "") -> Path:
+    """A new temporary entry (file or folder, by ``make``: ``tempfile.mkstemp``/``mkdtemp``) in a cache ``root``,
+    named for its writer; dead writers' temporaries are removed first."""
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale(root)
+    made = make(dir=root, prefix=f".tmp-{owner_tag()}-", suffix=suffix)
+    if isinstance(made, tuple):  # mkstemp: (fd, name)
+        os.close(made[0])
+        made = made[1]
+    return Path(made)
+
+
+def write_seal(seal: Path, value, tmp: Path) -> None:
+    """Write a seal beside a writer's temporary ``tmp`` and rename it to ``seal``: a seal is whole or absent."""
+    seal_tmp = tmp.with_name(tmp.name + ".seal-tmp")
+    seal_tmp.write_text(json.dumps(value, sort_keys=True))
+    os.replace(seal_tmp, seal)
+
+
 @dataclass(frozen=True)
 class FileCache:
     """Files ``<root>/<key><suffix>`` (``suffix`` e.g. ``.tar``, ``.npz``), each sealed."""
@@ -91,18 +110,11 @@ class FileCache:
     @contextmanager
     def writing(self, key: str) -> Iterator[Path]:
         """A temporary path to write the entry's bytes to; stored and sealed when the block ends without error."""
-        root = Path(self.root)
-        root.mkdir(parents=True, exist_ok=True)
-        remove_stale(root)
-        fd, name = tempfile.mkstemp(dir=root, prefix=f".tmp-{owner_tag()}-", suffix=self.suffix)
-        os.close(fd)
-        tmp = Path(name)
+        tmp = scratch(Path(self.root), tempfile.mkstemp, self.suffix)
         try:
             yield tmp
             path = self.entry(key)
             os.replace(tmp, path)
-            seal_tmp = tmp.with_name(tmp.name + _SEAL)
-            seal_tmp.write_text(json.dumps(seal_of(path)))
-            os.replace(seal_tmp, path.with_name(path.name + _SEAL))
+            write_seal(path.with_name(path.name + _SEAL), seal_of(path), tmp)
         finally:
             tmp.unlink(missing_ok=True)

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from llava_ov.artifacts import owner_tag
-from llava_ov.file_cache import intact, remove_stale, seal_of
+from llava_ov.file_cache import intact, scratch, seal_of, write_seal
 
 _SEAL = ".seal.json"
 
@@ -53,18 +52,13 @@ class FolderCache:
     @contextmanager
     def writing(self, key: str) -> Iterator[Path]:
         """A temporary folder to build the entry in; stored and sealed when the block ends without error."""
-        root = Path(self.root)
-        root.mkdir(parents=True, exist_ok=True)
-        remove_stale(root)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{owner_tag()}-"))
+        tmp = scratch(Path(self.root), tempfile.mkdtemp)
         try:
             yield tmp
             folder = self.entry(key)
             shutil.rmtree(folder, ignore_errors=True)  # an unsealed or dropped leftover of this key
             os.replace(tmp, folder)
             seal = {rel: seal_of(folder / rel) for rel in _files(folder)}
-            seal_tmp = tmp.with_name(tmp.name + _SEAL)
-            seal_tmp.write_text(json.dumps(seal, sort_keys=True))
-            os.replace(seal_tmp, folder.with_name(key + _SEAL))
+            write_seal(folder.with_name(key + _SEAL), seal, tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
