@@ -36,6 +36,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 PER_FILE = 10_000
 CAPACITY = 8192
+SHARD_BYTES = 256 * 2**20
 STEPS = ("ingest", "balance", "lengths", "pack", "loader")  # balance selects what lengths measures
 
 
@@ -94,6 +95,10 @@ def scratch_project(root: Path, cpus: int, samples: int) -> None:
     params["ingest"]["filters"] = {}
     params["engine"] = {"executor": "ray", "cpus": cpus, "address": None}
     params["lengths"]["pools"] = ["mid"]
+    # packed shards of about as many samples as the profile's 2 GB shards of real (~100 KB) images hold: the
+    # bench's images are ~10x smaller, so 2 GB would put a whole plan group in one shard and leave one task (and
+    # one Ray worker) per group, and the process tree at 100K would hold fewer workers than at 1M
+    params["pack"]["stage1_5"]["shard_bytes"] = SHARD_BYTES
     with open(root / "params.yaml", "w") as f:
         YAML().dump(params, f)
     # the tokenizer: a byte-level BPE trained on 20K of the captions (the 4b profile would import Qwen3's)
@@ -108,8 +113,13 @@ def scratch_project(root: Path, cpus: int, samples: int) -> None:
     assert load_params(root)["engine"]["cpus"] == cpus
 
 
-def balance_step(root: Path, target_fraction: float = 0.8) -> dict:
-    """The library's concept-balanced selection over synthetic top-k concepts of every ingested sample."""
+def balance_step(root: Path, target_fraction: float = 0.8, keep: bool = False) -> dict:
+    """The library's concept-balanced selection over synthetic top-k concepts of every ingested sample.
+
+    ``keep``: samples already in the manifest keep their selection and new ones are all selected, as in a pool
+    packed without balancing (what packing alone recomputes when a file is added); otherwise every draw is redone
+    with the new counts, as concept balancing does (every probability depends on the global counts).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -123,10 +133,15 @@ def balance_step(root: Path, target_fraction: float = 0.8) -> dict:
     topk = (rng.zipf(1.2, (n, 5)) % concepts).astype(np.int32)
     sel = select("inverse_frequency", topk, np.ones(n), int(n * target_fraction), concepts,
                  id_hashes(index["sample_id"].to_pylist()), 0)
+    selected = sel.selected
+    if keep:
+        old = pq.read_table(root / "artifacts" / "balance" / "manifest.parquet", columns=["sample_id", "selected"])
+        before = dict(zip(old["sample_id"].to_pylist(), old["selected"].to_pylist()))
+        selected = np.array([before.get(s, True) for s in index["sample_id"].to_pylist()])
     with ArtifactWriter(root / "artifacts" / "balance", "balance", 1) as w:
         pq.write_table(pa.table({"sample_id": index["sample_id"], "shard": index["shard"],
-                                 "selected": pa.array(sel.selected)}), w.dir / "manifest.parquet")
-    return {"samples": n, "selected": int(sel.selected.sum())}
+                                 "selected": pa.array(selected)}), w.dir / "manifest.parquet")
+    return {"samples": n, "selected": int(np.sum(selected))}
 
 
 def loader_step(root: Path) -> dict:
@@ -185,7 +200,7 @@ def run_step(root: Path, step: str) -> dict:
     if proc.returncode:
         raise SystemExit(f"step {step} failed ({proc.returncode}):\n{err[-4000:]}")
     result = {"seconds": time.perf_counter() - t0, "rss_tree": peak["tree"], "rss_process": peak["process"]}
-    if step in ("balance", "loader"):
+    if step in ("balance", "balance-keep", "loader"):
         result |= json.loads(out.strip().splitlines()[-1])
     return result
 
@@ -206,18 +221,20 @@ def measure(root: Path, samples: int, side: tuple[int, int], cpus: int) -> dict[
     return results
 
 
-def add_one_file(root: Path, samples: int, side: tuple[int, int]) -> str:
+def add_one_file(root: Path, side: tuple[int, int], keep_selection: bool) -> str:
     """Add one source file to the built pool and rerun ingest -> balance -> lengths -> pack: what each recomputed."""
     files = len(list((root / "data" / "released" / "mid").rglob("*.parquet")))
-    generate(root / "data" / "released" / "mid", PER_FILE, side, seed=1, first_file=samples // PER_FILE)
-    rows = [f"Adding one file of {PER_FILE:,} samples to {files} files:", "",
+    generate(root / "data" / "released" / "mid", PER_FILE, side, seed=1 + files, first_file=files)
+    how = "existing samples keep their selection" if keep_selection else "every draw redone (concept balancing)"
+    rows = [f"Adding one file of {PER_FILE:,} samples to {files} files ({how}):", "",
             "| step | seconds | recomputed |", "|---|---:|---|"]
-    for step in ("ingest", "balance", "lengths", "pack"):
+    for step in ("ingest", "balance-keep" if keep_selection else "balance", "lengths", "pack"):
         seconds = run_step(root, step)["seconds"]
         name = {"pack": "pack_stage1_5"}.get(step, step)
-        m = json.loads((root / "metrics" / f"{name}.json").read_text()) if step != "balance" else {}
+        m = json.loads((root / "metrics" / f"{name}.json").read_text()) if not step.startswith("balance") else {}
         done = {"ingest": lambda: f"{m['cache']['converted']} of {len(m['files'])} files converted",
                 "balance": lambda: "every draw (a few numpy columns)",
+                "balance-keep": lambda: "the new file's samples selected, the rest as before",
                 "lengths": lambda: f"{m['shards_computed']} of {m['shards']} shards measured",
                 "pack": lambda: f"{m['shards_computed']} of {m['shards']} packed shards encoded, "
                                 f"{m['plan_groups']} plan groups"}[step]()
@@ -246,12 +263,16 @@ def main() -> None:
     ap.add_argument("--image-cost", type=int, default=0, help="samples of 700x560 JPEGs for the per-image run")
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--add-file", action="store_true", help="then add one source file and rerun: what is recomputed")
+    ap.add_argument("--keep-selection", action="store_true",
+                    help="with --add-file: existing samples keep their selection (what packing alone recomputes)")
+    ap.add_argument("--add-only", action="store_true", help="add a file to the built --samples workdir, no rebuild")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/llava-ov-scale"))
-    ap.add_argument("--internal-step", choices=("balance", "loader"), help=argparse.SUPPRESS)
+    ap.add_argument("--internal-step", choices=("balance", "balance-keep", "loader"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.internal_step:
-        fn = balance_step if args.internal_step == "balance" else loader_step
-        print(json.dumps(fn(args.workdir)))
+        steps = {"balance": balance_step, "balance-keep": lambda root: balance_step(root, keep=True),
+                 "loader": loader_step}
+        print(json.dumps(steps[args.internal_step](args.workdir)))
         return
     if args.image_cost:
         n = args.image_cost
@@ -262,11 +283,12 @@ def main() -> None:
             print(f"| {step} | {results[step]['seconds']:.1f} | {1000 * results[step]['seconds'] / n:.2f} |")
         return
     root = args.workdir / f"n{args.samples}"
-    results = measure(root, args.samples, (112, 84), args.cpus)
-    print(table(args.samples, args.cpus, results))
-    if args.add_file:
-        print("\n" + add_one_file(root, args.samples, (112, 84)))
-    (args.workdir / f"results-{args.samples}-{args.cpus}cpu.json").write_text(json.dumps(results, default=str))
+    if not args.add_only:
+        results = measure(root, args.samples, (112, 84), args.cpus)
+        print(table(args.samples, args.cpus, results))
+        (args.workdir / f"results-{args.samples}-{args.cpus}cpu.json").write_text(json.dumps(results, default=str))
+    if args.add_file or args.add_only:
+        print("\n" + add_one_file(root, (112, 84), args.keep_selection))
 
 
 if __name__ == "__main__":
