@@ -49,7 +49,7 @@ def model_shapes(params: dict, model: str | None = None) -> tuple[str, LMShape, 
         return name, LMShape.from_hf(shape.text), ViTShape.from_hf(shape.vision, shape.text["hidden_size"])
     text = {**llm, "vocab_size": params["tokenizer"]["vocab_size"]}
     vision = {**vit, "patch_size": params["image"]["patch_size"], "spatial_merge_size": params["image"]["merge_size"]}
-    return params.get("profile", "tiny"), LMShape.from_hf(text), ViTShape.from_hf(vision, llm["hidden_size"])
+    return params["profile"], LMShape.from_hf(text), ViTShape.from_hf(vision, llm["hidden_size"])
 
 
 def training_setup(params: dict, stage: str, gpus: int) -> TrainingSetup:

@@ -315,3 +315,19 @@ def test_truncated_image_is_rejected_even_when_another_library_allows_truncated_
     files["0.jpg"] = files["0.jpg"][: len(files["0.jpg"]) // 2]
     assert _rejected(files).startswith("image 0.jpg is corrupt or truncated")
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for whoever set it
+
+
+def test_strict_sections_overlapping_across_threads_keep_decoding_strict(monkeypatch):
+    """Preprocessing threads overlap: the first section to close must not turn truncated loads back on for the other."""
+    from PIL import ImageFile
+
+    from llava_ov.vision.image_processing import strict_decoding
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    first, second = strict_decoding(), strict_decoding()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # the second section is still decoding
+    second.__exit__(None, None, None)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,17 +25,30 @@ CONFIG_NAME = "preprocessor_config.json"
 MAX_ASPECT_RATIO = 200  # Qwen2-VL's limit: a longer side more than 200x the shorter cannot be resized
 
 
+_strict_lock = threading.Lock()
+_strict_sections = 0  # strict sections open in this process (threads of a preprocessing pool overlap)
+_flag_outside = False  # the flag as it was before the first of them opened
+
+
 @contextmanager
 def strict_decoding() -> Iterator[None]:
     """Pillow pads a truncated file with grey and says nothing when ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set, a
     process-wide flag other libraries set on import (lmms-eval does): every decode of a sample's bytes (validation,
-    the concept encoder, the packed loader) is strict whatever the flag is."""
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    the concept encoder, the packed loader) is strict whatever the flag is. Sections may overlap across threads:
+    the flag stays off until the last one closes, and only then is the outside value restored."""
+    global _strict_sections, _flag_outside
+    with _strict_lock:
+        if _strict_sections == 0:
+            _flag_outside = ImageFile.LOAD_TRUNCATED_IMAGES
+        _strict_sections += 1
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         yield
     finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+        with _strict_lock:
+            _strict_sections -= 1
+            if _strict_sections == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _flag_outside
 
 
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
