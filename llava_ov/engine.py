@@ -28,6 +28,7 @@ from tqdm import tqdm
 T = TypeVar("T")
 R = TypeVar("R")
 EXECUTORS = ("ray", "local")
+STOP_WAIT_S = 60.0  # a killed worker ends in well under a second; never hang a failing stage on one
 
 
 @dataclass(frozen=True)
@@ -115,17 +116,29 @@ def _ray_map(fn: Callable[[T], R], items: Sequence[T], desc: str, cpus: float, g
     pending: dict[Any, int] = {}
     nxt = 0
     with tqdm(total=len(items), desc=desc, unit="shard", mininterval=1.0) as bar:
-        while nxt < len(items) or pending:
-            while nxt < len(items) and len(pending) < limit:
-                pending[task.remote(items[nxt])] = nxt
-                nxt += 1
-            done, _ = ray.wait(list(pending), num_returns=1)
-            index = pending.pop(done[0])
-            try:
+        try:
+            while nxt < len(items) or pending:
+                while nxt < len(items) and len(pending) < limit:
+                    pending[task.remote(items[nxt])] = nxt
+                    nxt += 1
+                done, _ = ray.wait(list(pending), num_returns=1)
+                index = pending.pop(done[0])
                 results[index] = ray.get(done[0])
-            except RayTaskError as e:
-                for ref in pending:
-                    ray.cancel(ref, force=True)
+                bar.update()
+        except BaseException as e:  # a task's error, or the driver interrupted
+            _stop(list(pending))
+            if isinstance(e, RayTaskError):
                 raise e.as_instanceof_cause() from None
-            bar.update()
+            raise
     return results
+
+
+def _stop(refs: list) -> None:
+    """Kill the tasks still in flight and wait until they have ended. ``ray.cancel`` only asks; the caller goes on
+    to remove the scratch folder those tasks write into, which a task still running would refill under it."""
+    import ray
+
+    for ref in refs:
+        ray.cancel(ref, force=True)
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=STOP_WAIT_S)

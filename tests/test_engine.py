@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,34 @@ def test_one_item_runs_in_this_process_unless_a_ray_is_up(monkeypatch):
     assert engine.map(lambda _: os.getpid(), [0], desc="one") == [os.getpid()] and not ray.is_initialized()
     with engine.session():
         assert engine.map(lambda _: os.getpid(), [0], desc="one") != [os.getpid()]  # a worker's pid
+
+
+def writes_until_killed(job: tuple[str, int]) -> int:
+    """Item 1 keeps writing files into a folder; item 0 fails once it has started."""
+    folder, i = Path(job[0]), job[1]
+    started = folder / "started"
+    deadline = time.monotonic() + 60
+    if i == 0:
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise FileNotFoundError("shard-000000.tar is missing")
+    started.touch()
+    n = 0
+    while time.monotonic() < deadline:
+        (folder / f"{n}.part").write_bytes(b"x")
+        n += 1
+        time.sleep(0.001)
+    return n
+
+
+def test_a_failing_map_returns_only_once_no_task_writes_any_more(tmp_path, monkeypatch):
+    """The caller removes the scratch folder the tasks write into as soon as the map raises (ingest's
+    ``cache_or_scratch``): a task still running then fails that removal with "Directory not empty"."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    engine = Engine(executor="ray", cpus=2)
+    with engine.session():
+        with pytest.raises(FileNotFoundError, match="shard-000000.tar is missing"):
+            engine.map(writes_until_killed, [(str(tmp_path), 0), (str(tmp_path), 1)], desc="ray")
+        written = sorted(p.name for p in tmp_path.iterdir())
+        time.sleep(1.0)
+        assert sorted(p.name for p in tmp_path.iterdir()) == written and "started" in written
