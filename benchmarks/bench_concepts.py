@@ -41,7 +41,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from llava_ov.actors import Slot
 from llava_ov.concepts.balance import report, select
-from llava_ov.concepts.encoder import ImageTextEncoder
+from llava_ov.concepts.encoder import ImageTextEncoder, clip_tokenizer
 from llava_ov.concepts.index import topk_concepts
 from llava_ov.concepts.shard_index import IndexSpec, ShardIndexer
 from llava_ov.shard_cache import ShardCache
@@ -85,9 +85,10 @@ def vision_flops(v: dict, projection: int) -> float:
     return 2.0 * (patch + layers * per_layer + w * projection)
 
 
-def clip_config(shape: str) -> CLIPConfig:
+def clip_config(shape: str, eos: int) -> CLIPConfig:
     s = SHAPES[shape]
-    return CLIPConfig(text_config=s["text"], vision_config=s["vision"], projection_dim=s["projection_dim"])
+    return CLIPConfig(text_config={**s["text"], "eos_token_id": eos, "pad_token_id": eos}, vision_config=s["vision"],
+                      projection_dim=s["projection_dim"])
 
 
 def row(name: str, rate: str, extra: str, secs: float) -> None:
@@ -240,8 +241,9 @@ def main() -> None:
     print("| step | rate | notes | seconds | peak RSS MB |")
     print("|---|---:|---|---:|---:|")
     torch.manual_seed(0)
-    model = CLIPModel(clip_config(args.shape)).to(args.device, getattr(torch, dtype)).eval()
-    encoder = ImageTextEncoder(model, train_bpe(["a photo of a dog and a cat"] * 4, 300),
+    tokenizer = clip_tokenizer(train_bpe(["a photo of a dog and a cat"] * 4, 300))
+    model = CLIPModel(clip_config(args.shape, tokenizer.eos_token_id)).to(args.device, getattr(torch, dtype)).eval()
+    encoder = ImageTextEncoder(model, tokenizer,
                                CLIPImageProcessorPil(size={"shortest_edge": side},
                                                      crop_size={"height": side, "width": side}), 16)
     pre = bench_preprocess(encoder, args.preprocess_images)

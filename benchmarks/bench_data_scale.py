@@ -121,26 +121,40 @@ def balance_step(root: Path, target_fraction: float = 0.8, keep: bool = False) -
     with the new counts, as concept balancing does (every probability depends on the global counts).
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from llava_ov.artifacts import ArtifactWriter
     from llava_ov.concepts.balance import select
     from llava_ov.concepts.draws import id_hashes
+    from llava_ov.concepts.manifest import SourceMix
 
-    index = pq.read_table(root / "artifacts" / "ingest" / "index.parquet", columns=["sample_id", "shard"])
-    n, concepts = index.num_rows, 500_000
-    rng = np.random.default_rng(1)
-    topk = (rng.zipf(1.2, (n, 5)) % concepts).astype(np.int32)
-    sel = select("inverse_frequency", topk, np.ones(n), int(n * target_fraction), concepts,
-                 id_hashes(index["sample_id"].to_pylist()), 0)
+    index = pq.ParquetFile(root / "artifacts" / "ingest" / "index.parquet")
+    n, concepts, batch = index.metadata.num_rows, 500_000, 1 << 16
+    id_hash = np.concatenate([id_hashes(b.column(0).to_pylist())  # as concept_index stores it, a batch at a time
+                              for b in index.iter_batches(batch_size=batch, columns=["sample_id"])]
+                             or [np.empty(0, np.uint64)])
+    rng, topk = np.random.default_rng(1), np.empty((n, 5), np.int32)
+    for i in range(0, n, batch):  # the synthetic top-k, without an [N, 5] int64 temporary
+        topk[i:i + batch] = rng.zipf(1.2, (min(batch, n - i), 5)) % concepts
+    sel = select("inverse_frequency", topk, SourceMix(np.zeros(n, np.int32), np.ones(1)), int(n * target_fraction),
+                 concepts, id_hash, 0)
     selected = sel.selected
-    if keep:
+    del sel, topk, id_hash
+    if keep:  # matched on sample_id in Arrow: no Python object per sample
         old = pq.read_table(root / "artifacts" / "balance" / "manifest.parquet", columns=["sample_id", "selected"])
-        before = dict(zip(old["sample_id"].to_pylist(), old["selected"].to_pylist()))
-        selected = np.array([before.get(s, True) for s in index["sample_id"].to_pylist()])
-    with ArtifactWriter(root / "artifacts" / "balance", "balance", 1) as w:
-        pq.write_table(pa.table({"sample_id": index["sample_id"], "shard": index["shard"],
-                                 "selected": pa.array(selected)}), w.dir / "manifest.parquet")
+        ids = index.read(columns=["sample_id"]).column(0)
+        at = pc.index_in(ids, value_set=old.column("sample_id"))
+        selected = pc.fill_null(pc.take(old.column("selected"), at), True).to_numpy(zero_copy_only=False)
+        del old, ids, at
+    schema = pa.schema([("sample_id", pa.string()), ("shard", pa.string()), ("selected", pa.bool_())])
+    with ArtifactWriter(root / "artifacts" / "balance", "balance", 1) as w, \
+            pq.ParquetWriter(w.dir / "manifest.parquet", schema) as out:
+        row = 0
+        for b in index.iter_batches(batch_size=batch, columns=["sample_id", "shard"]):
+            out.write_table(pa.Table.from_batches([b]).append_column("selected", pa.array(selected[row:row + len(b)]))
+                            .cast(schema))
+            row += len(b)
     return {"samples": n, "selected": int(np.sum(selected))}
 
 

@@ -13,11 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 import xxhash
 from PIL import Image
-from transformers import CLIPConfig, CLIPModel
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from llava_ov.artifacts import ArtifactWriter, digest_dir, open_artifact
 from llava_ov.concepts.encoder import ImageTextEncoder
@@ -28,7 +25,7 @@ from llava_ov.data.ingest import build_embedded
 from llava_ov.data.reader import index_table
 from llava_ov.data.shards import ShardWriter
 from llava_ov.engine import Engine
-from llava_ov.text.tokenizer import train_bpe
+from tests.clip_folders import tiny_clip_folder
 from tests.project import copy_project, run
 from tests.test_incremental import set_param
 
@@ -63,16 +60,9 @@ def _cut_png() -> bytes:
 
 def _encoder(root: Path) -> Path:
     """A random-weight tiny CLIP and 20 random unit concepts as a concept_encoder artifact."""
-    tok = train_bpe(["a bar chart with bars"] * 10, 300)
-    torch.manual_seed(0)
-    config = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16),
-                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                           num_attention_heads=2, image_size=28, patch_size=14), projection_dim=32)
-    processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
     x = np.random.default_rng(0).standard_normal((20, 32))
     with ArtifactWriter(root / "artifacts/concept_encoder", "concept_encoder", 1) as w:
-        ImageTextEncoder(CLIPModel(config), tok, processor, 16).save(w.dir / "encoder")
+        tiny_clip_folder(w.dir / "encoder", caption="a bar chart with bars")
         np.save(w.dir / "concept_embeddings.npy", (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16))
         w.stats["recall_at_5"] = 0.0
     return root / "artifacts/concept_encoder"

@@ -11,19 +11,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from transformers import CLIPConfig, CLIPModel
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+import torch.nn.functional as F
 
 from llava_ov.concepts import balance
 from llava_ov.concepts.balance import coverage, inverse_frequency, metaclip_threshold, select
 from llava_ov.concepts.draws import id_hashes, uniform
-from llava_ov.concepts.encoder import ImageTextEncoder
+from llava_ov.concepts.encoder import ImageTextEncoder, new_encoder
 from llava_ov.concepts.folder import EncoderFolderError, check_encoder_folder
 from llava_ov.concepts.index import topk_concepts
-from llava_ov.concepts.manifest import read_pool, write_manifest
+from llava_ov.concepts.manifest import SourceMix, read_pool, write_manifest
 from llava_ov.concepts.recall import recall_sample
 from llava_ov.concepts.vocabulary import caption_concepts, wordnet_nouns
 from llava_ov.text.tokenizer import train_bpe
+from tests.clip_folders import tiny_clip_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,6 +100,25 @@ def test_inverse_frequency_weights_do_not_depend_on_the_chunking(monkeypatch):
     assert np.array_equal(whole, (1.0 / counts[topk]).mean(1) * mix)  # the report's rule, bit for bit
 
 
+@pytest.mark.parametrize("method", balance.METHODS)
+def test_selection_and_report_do_not_depend_on_the_chunking_or_the_mix_form(method, monkeypatch):
+    """Every per-row temporary is made a chunk at a time (85M rows), and the mix is a source code per image."""
+    rng = np.random.default_rng(4)
+    topk, n_concepts = _skewed_pool(rng, 2000)
+    source, weights = rng.integers(0, 3, len(topk)).astype(np.int32), np.array([1.0, 2.5, 0.0])
+    h = id_hashes(f"{i:08x}" for i in range(len(topk)))
+    whole = select(method, topk, weights[source], 1200, n_concepts, h, 0)  # clips at 1: re-spreads
+    monkeypatch.setattr(balance, "_CHUNK", 7)
+    chunked = select(method, topk, SourceMix(source, weights), 1200, n_concepts, h, 0)
+    for field in ("weight", "selected", "random"):
+        assert np.array_equal(getattr(whole, field), getattr(chunked, field)), field
+    assert not chunked.selected[source == 2].any()  # a source of weight 0 is never kept
+    report = balance.report(topk, chunked, n_concepts)
+    assert report["tail_share_after"] == round(float(np.isin(topk[chunked.selected, 0], np.flatnonzero(
+        balance.tail_concepts(np.bincount(topk.ravel(), minlength=n_concepts)))).mean()), 4)
+    assert report["coverage_random"] == round(len(np.unique(topk[chunked.random])) / n_concepts, 5)
+
+
 def test_metaclip_threshold_rule():
     rng = np.random.default_rng(2)
     topk, n_concepts = _skewed_pool(rng, 3000, 300)
@@ -143,7 +162,7 @@ def test_manifest_round_trip_keeps_the_index_columns(tmp_path):
     pq.write_table(table, index)
     pool = read_pool(index)
     assert pool.topk.tolist() == [[3, 1], [1, 2], [0, 3]] and pool.topk.dtype == np.int32
-    assert pool.mix({"emoji": 2.0, "chart": 0.5}).tolist() == [2.0, 0.5, 2.0]
+    assert pool.mix({"emoji": 2.0, "chart": 0.5})[0:3].tolist() == [2.0, 0.5, 2.0]
     with pytest.raises(ValueError, match=r"no weight for source\(s\) \['chart'\]"):
         pool.mix({"emoji": 1.0})
     write_manifest(index, tmp_path / "manifest.parquet", np.array([0.1, 0.2, 0.3]), np.array([True, False, True]))
@@ -166,15 +185,8 @@ def test_empty_selection_has_zero_coverage():
     assert coverage(topk, np.zeros(3, bool), 10) == 0.0
 
 
-def _clip_folder(path: Path, vocab_size: int | None = None) -> Path:
-    tok = train_bpe(["a photo of a dog"] * 10, 300)
-    config = CLIPConfig(text_config=dict(vocab_size=vocab_size or len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16),
-                        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=1,
-                                           num_attention_heads=2, image_size=28, patch_size=14), projection_dim=24)
-    processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
-    ImageTextEncoder(CLIPModel(config), tok, processor, 16).save(path)
-    return path
+def _clip_folder(path: Path, vocab_size: int | None = None, eos: int | None = None) -> Path:
+    return tiny_clip_folder(path, vision_width=48, projection=24, vocab_size=vocab_size, eos=eos)
 
 
 def test_encoder_folders_that_do_not_fit_are_refused(tmp_path):
@@ -190,10 +202,35 @@ def test_encoder_folders_that_do_not_fit_are_refused(tmp_path):
     with pytest.raises(EncoderFolderError, match=r"tokenizer.*the tokenizer has \d+ tokens but the text tower embeds "
                                                  r"only 100"):
         ImageTextEncoder.load(small_vocab)
+    legacy = _clip_folder(tmp_path / "legacy", eos=2)  # pools at the highest id, which is not this EOS (0)
+    with pytest.raises(EncoderFolderError, match=r"legacy.*eos_token_id is 2.*the tokenizer's EOS 0 is not the "
+                                                 r"highest id \(280\)"):
+        ImageTextEncoder.load(legacy)
+    elsewhere = _clip_folder(tmp_path / "elsewhere", eos=49407)  # CLIPTextConfig's default: found in no text
+    with pytest.raises(EncoderFolderError, match=r"elsewhere: the text tower pools at token 49407 .* the tokenizer "
+                                                 r"ends texts with 0"):
+        ImageTextEncoder.load(elsewhere)
     pickled = _clip_folder(tmp_path / "pickled")
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
     with pytest.raises(EncoderFolderError, match=r"pickled: no model.safetensors \(found \['pytorch_model.bin'\]\)"):
         ImageTextEncoder.load(pickled)
+
+
+def test_the_default_encoder_pools_each_text_at_its_eos():
+    """The pipeline's EOS is id 2, for which transformers' CLIP pools at the highest token id of each text (here
+    mid-sentence, so every text that shares its highest token up to there gets one vector)."""
+    tok = train_bpe(["a photo of a dog", "a cat on a mat", "two dogs"] * 10, 300)
+    cfg = dict(image_side=28, width=32, text_layers=1, vision_layers=1, max_text_len=16)
+    encoder = new_encoder(tok, cfg, seed=0)
+    texts = ["a photo of a dog", "a photo of a cat", "two dogs on a mat"]
+    inputs = encoder.text_inputs(texts)
+    ends = (inputs["attention_mask"].sum(1) - 1).tolist()
+    assert [inputs["input_ids"][i, e].item() for i, e in enumerate(ends)] == [tok.convert_tokens_to_ids(
+        "<|endoftext|>")] * 3
+    with torch.no_grad():
+        hidden = encoder.model.text_model(**inputs).last_hidden_state
+        at_eos = encoder.model.text_projection(hidden[torch.arange(3), torch.tensor(ends)])
+    np.testing.assert_allclose(encoder.embed_texts(texts), F.normalize(at_eos, dim=-1).numpy(), atol=1e-6)
 
 
 def test_benchmark_runs_at_a_tiny_shape_on_cpu():
@@ -216,18 +253,9 @@ def _concept_project(root):
     root = copy_project(root)
     with ArtifactWriter(root / "artifacts/ingest", "ingest", 1) as w:
         build_embedded({"sources": {"chart": {"mid": 6}}}, 0, w.dir)
-    tok = train_bpe(["a bar chart with bars"] * 10, 300)
-    torch.manual_seed(0)
-    eos = tok.convert_tokens_to_ids("<|im_end|>")
-    config = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
-                                         eos_token_id=eos, bos_token_id=eos, pad_token_id=tok.pad_token_id),
-                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                           num_attention_heads=2, image_size=28, patch_size=14), projection_dim=32)
-    processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
     concepts = _unit(np.random.default_rng(0), 20, 32).astype(np.float16)
     with ArtifactWriter(root / "artifacts/concept_encoder", "concept_encoder", 1) as w:
-        ImageTextEncoder(CLIPModel(config), tok, processor, 16).save(w.dir / "encoder")
+        tiny_clip_folder(w.dir / "encoder", caption="a bar chart with bars")
         np.save(w.dir / "concept_embeddings.npy", concepts)
         w.stats["recall_at_5"] = 0.0
     return root

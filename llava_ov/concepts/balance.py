@@ -11,19 +11,29 @@ Two documented rules:
 
 Every draw is a uniform of (the sample's stored ``id_hash``, seed[, concept]) (:mod:`llava_ov.concepts.draws`), so
 adding samples never changes the draws of existing ones (only the normalisation). Counts are one ``np.bincount``;
-everything else is a few numpy columns: about 60 bytes per image for k = 5, no Python object per image.
+everything else is a few numpy columns (about 50 bytes per image for k = 5: the top-k, ``id_hash``, a source
+code, weight and probability, three flags) and temporaries made a chunk of rows at a time; no Python object per
+image.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator, Protocol
 
 import numpy as np
 
 from llava_ov.concepts.draws import uniform
 
 METHODS = ("inverse_frequency", "metaclip_threshold")
-_CHUNK = 1 << 22  # rows per vectorised step where a [rows, k] float64 temporary would otherwise be made
+_CHUNK = 1 << 17  # rows per vectorised step: every per-row temporary is made a chunk at a time, never [N] or [N, k]
+
+
+class Mix(Protocol):
+    """Each image's source weight (``balance.mix``), read a slice at a time: a float64 array per image, or
+    :class:`llava_ov.concepts.manifest.SourceMix` (a source code per image, 4 bytes instead of 8)."""
+
+    def __getitem__(self, rows: slice) -> np.ndarray: ...
 
 
 @dataclass
@@ -33,28 +43,43 @@ class Selection:
     random: np.ndarray  # bool per image: a uniform sample of the same expected size (the baseline)
 
 
-def concept_counts(topk: np.ndarray, n_concepts: int) -> np.ndarray:
-    """Images per concept (a concept counts once per image whose top-k holds it)."""
-    return np.bincount(topk.ravel(), minlength=n_concepts)
+def _chunks(n: int) -> Iterator[slice]:
+    for i in range(0, n, _CHUNK):
+        yield slice(i, min(i + _CHUNK, n))
 
 
-def inverse_frequency(topk: np.ndarray, mix: np.ndarray, target: int, n_concepts: int) -> tuple[np.ndarray, np.ndarray]:
+def concept_counts(topk: np.ndarray, n_concepts: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """Images per concept (a concept counts once per image whose top-k holds it), of the images in ``mask``."""
+    if mask is None:
+        return np.bincount(topk.ravel(), minlength=n_concepts)
+    counts = np.zeros(n_concepts, dtype=np.int64)
+    for rows in _chunks(len(topk)):
+        counts += np.bincount(topk[rows][mask[rows]].ravel(), minlength=n_concepts)
+    return counts
+
+
+def inverse_frequency(topk: np.ndarray, mix: Mix, target: int, n_concepts: int) -> tuple[np.ndarray, np.ndarray]:
     """(weight, keep probability) per image."""
     counts = concept_counts(topk, n_concepts)
-    weight = np.empty(len(topk), dtype=np.float64)
-    for i in range(0, len(topk), _CHUNK):
-        weight[i:i + _CHUNK] = (1.0 / counts[topk[i:i + _CHUNK]]).mean(1) * mix[i:i + _CHUNK]
-    prob = np.minimum(1.0, target * weight / weight.sum())
+    weight, prob = np.empty(len(topk), dtype=np.float64), np.empty(len(topk), dtype=np.float64)
+    for rows in _chunks(len(topk)):
+        weight[rows] = (1.0 / counts[topk[rows]]).mean(1) * mix[rows]
+    total = weight.sum()
+    for rows in _chunks(len(topk)):
+        prob[rows] = np.minimum(1.0, target * weight[rows] / total)
     for _ in range(20):  # re-spread the mass clipped at 1 so the expected size meets the target
         short = target - prob.sum()
         free = prob < 1.0
         if short <= 1e-6 or not free.any():
             break
-        prob[free] = np.minimum(1.0, prob[free] + short * weight[free] / weight[free].sum())
+        free_total = np.add.reduce(weight, where=free)
+        for rows in _chunks(len(topk)):
+            p, f = prob[rows], free[rows]
+            p[f] = np.minimum(1.0, p[f] + short * weight[rows][f] / free_total)
     return weight, prob
 
 
-def metaclip_threshold(topk: np.ndarray, mix: np.ndarray, target: int, n_concepts: int, id_hash: np.ndarray,
+def metaclip_threshold(topk: np.ndarray, mix: Mix, target: int, n_concepts: int, id_hash: np.ndarray,
                        seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(keep flag, per-sample p = 1 - Π(1 - p(c))) with t the smallest threshold that keeps ``target`` samples.
 
@@ -63,44 +88,66 @@ def metaclip_threshold(topk: np.ndarray, mix: np.ndarray, target: int, n_concept
     (one partition, where a bisection on t would pass over the [N, k] draws fifty times).
     """
     counts = concept_counts(topk, n_concepts)
-    tau = np.full(len(topk), np.inf)
+    tau = np.empty(len(topk), dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        for j in range(topk.shape[1]):
-            draw = uniform(id_hash, seed, topk[:, j].astype(np.uint64) + np.uint64(1))  # salt 0 is the keep draw
-            tau = np.minimum(tau, np.where(mix > 0, draw * counts[topk[:, j]] / mix, np.inf))
+        for rows in _chunks(len(topk)):
+            m, smallest = mix[rows], np.full(rows.stop - rows.start, np.inf)
+            for j in range(topk.shape[1]):
+                concept = topk[rows, j]
+                draw = uniform(id_hash[rows], seed, concept.astype(np.uint64) + np.uint64(1))  # salt 0: keep draw
+                smallest = np.minimum(smallest, np.where(m > 0, draw * counts[concept] / m, np.inf))
+            tau[rows] = smallest
     target = min(target, int(np.isfinite(tau).sum()))
     t = np.nextafter(np.partition(tau, target - 1)[target - 1], np.inf) if target > 0 else 0.0
     keep = tau < t
-    prob = np.ones(len(topk), dtype=np.float64)
-    for j in range(topk.shape[1]):
-        prob *= 1.0 - np.minimum(1.0, t * mix / counts[topk[:, j]])
-    return keep, 1.0 - prob
+    del tau
+    prob = np.empty(len(topk), dtype=np.float64)
+    for rows in _chunks(len(topk)):
+        m, miss = mix[rows], np.ones(rows.stop - rows.start)
+        for j in range(topk.shape[1]):
+            miss *= 1.0 - np.minimum(1.0, t * m / counts[topk[rows, j]])
+        prob[rows] = 1.0 - miss
+    return keep, prob
 
 
-def select(method: str, topk: np.ndarray, mix: np.ndarray, target: int, n_concepts: int, id_hash: np.ndarray,
+def _draw_below(id_hash: np.ndarray, seed: int, threshold: np.ndarray | float) -> np.ndarray:
+    """bool per image: its keep draw (salt 0) is below ``threshold`` (per image, or one value)."""
+    out = np.empty(len(id_hash), dtype=bool)
+    for rows in _chunks(len(id_hash)):
+        out[rows] = uniform(id_hash[rows], seed) < (threshold[rows] if isinstance(threshold, np.ndarray)
+                                                     else threshold)
+    return out
+
+
+def select(method: str, topk: np.ndarray, mix: Mix, target: int, n_concepts: int, id_hash: np.ndarray,
            seed: int) -> Selection:
     """Dispatch on ``balance.method``, and draw the uniform baseline of the same expected size."""
     target = min(int(target), len(topk))
-    u = uniform(id_hash, seed)
     if method == "inverse_frequency":
         weight, prob = inverse_frequency(topk, mix, target, n_concepts)
-        selected = u < prob
+        selected = _draw_below(id_hash, seed, prob)
+        del prob
     elif method == "metaclip_threshold":
         selected, weight = metaclip_threshold(topk, mix, target, n_concepts, id_hash, seed)
     else:
         raise ValueError(f"balance.method must be one of {METHODS}, not {method!r}")
-    random = u < (selected.sum() / max(len(u), 1))
+    random = _draw_below(id_hash, seed, selected.sum() / max(len(topk), 1))
     return Selection(weight=weight, selected=selected, random=random)
 
 
-def coverage(topk: np.ndarray, selected: np.ndarray, n_concepts: int) -> float:
-    """Fraction of vocabulary entries that are among the top-k concepts of at least one selected image."""
-    return float(np.count_nonzero(concept_counts(topk[selected], n_concepts)) / n_concepts)
+def coverage(topk: np.ndarray, selected: np.ndarray | None, n_concepts: int) -> float:
+    """Fraction of vocabulary entries that are among the top-k concepts of at least one selected image (``None``:
+    every image)."""
+    return float(np.count_nonzero(concept_counts(topk, n_concepts, selected)) / n_concepts)
 
 
-def tail_share(topk: np.ndarray, selected: np.ndarray, tail: np.ndarray) -> float:
+def tail_share(topk: np.ndarray, selected: np.ndarray | None, tail: np.ndarray) -> float:
     """Share of selected images whose top-1 concept is a tail concept (rare in the pool)."""
-    return float(tail[topk[selected, 0]].mean()) if selected.any() else 0.0
+    if selected is None:
+        return float(tail[topk[:, 0]].mean()) if len(topk) else 0.0
+    n = int(selected.sum())
+    hits = sum(int(np.count_nonzero(tail[topk[rows, 0][selected[rows]]])) for rows in _chunks(len(topk)))
+    return hits / n if n else 0.0
 
 
 def tail_concepts(counts: np.ndarray) -> np.ndarray:
@@ -112,9 +159,8 @@ def tail_concepts(counts: np.ndarray) -> np.ndarray:
 def report(topk: np.ndarray, sel: Selection, n_concepts: int) -> dict:
     """Coverage and tail share before (pool), after (balanced) and for the uniform baseline."""
     tail = tail_concepts(concept_counts(topk, n_concepts))
-    everything = np.ones(len(topk), bool)
     out = {"pool": len(topk), "selected": int(sel.selected.sum()), "random_selected": int(sel.random.sum())}
-    for name, mask in (("before", everything), ("after", sel.selected), ("random", sel.random)):
+    for name, mask in (("before", None), ("after", sel.selected), ("random", sel.random)):
         out[f"coverage_{name}"] = round(coverage(topk, mask, n_concepts), 5)
         out[f"tail_share_{name}"] = round(tail_share(topk, mask, tail), 4)
     return out

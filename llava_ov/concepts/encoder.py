@@ -9,6 +9,7 @@ cannot read is one rejection with its reason, never the end of a batch.
 
 from __future__ import annotations
 
+import copy
 import io
 import time
 from pathlib import Path
@@ -105,11 +106,21 @@ def _features(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
+def clip_tokenizer(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """A copy of the pipeline's tokenizer that ends texts as CLIP does: ``<|endoftext|>`` as EOS and pad, where the
+    text tower pools (its first occurrence). The pipeline's EOS ``<|im_end|>`` is id 2, and for
+    ``eos_token_id == 2`` transformers keeps CLIP's legacy pooling at the highest token id of each text instead."""
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.eos_token = tokenizer.pad_token = "<|endoftext|>"
+    return tokenizer
+
+
 def new_encoder(tokenizer: PreTrainedTokenizerFast, cfg: dict, seed: int) -> ImageTextEncoder:
     """A small CLIP for the default profile, initialised from ``seed``, with its image processor."""
     torch.manual_seed(seed)
     side = cfg["image_side"]
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    tokenizer = clip_tokenizer(tokenizer)
+    eos = tokenizer.eos_token_id
     config = CLIPConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=cfg["width"], intermediate_size=cfg["width"] * 4,
                          num_hidden_layers=cfg["text_layers"], num_attention_heads=4,

@@ -5,7 +5,7 @@ token ids past the embedding table that silently index garbage on some devices),
 weights. So the folder is refused up front, by a message that names it and the mismatch: it must hold a CLIP
 ``config.json``, safetensors weights only (never ``pytorch_model.bin``, never code: the model class is always
 transformers' own ``CLIPModel``), projections of the size its config declares on both towers, an image processor,
-and a tokenizer whose ids fit the text tower's embedding table.
+and a tokenizer whose ids fit the text tower's embedding table and whose EOS is the token the tower pools at.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 from transformers import AutoTokenizer, CLIPConfig
+
+LEGACY_EOS_ID = 2  # transformers' CLIP pools at the highest token id when text_config.eos_token_id is 2
 
 
 class EncoderFolderError(ValueError):
@@ -72,3 +74,23 @@ def check_encoder_folder(folder: Path | str) -> None:
     if tokenizer.eos_token_id is None and text_cfg.eos_token_id is None:
         raise EncoderFolderError(f"concept encoder {folder}: neither the tokenizer nor config.json names an EOS "
                                  f"token, where CLIP pools the text")
+    _check_pooling(folder, tokenizer, text_cfg.eos_token_id)
+
+
+def _check_pooling(folder: Path, tokenizer, config_eos: int | None) -> None:
+    """The text tower must pool where the tokenizer ends each text: transformers' CLIP pools at the first
+    ``text_config.eos_token_id``, or, for the legacy value 2 (older OpenAI/OpenCLIP conversions), at the highest
+    token id of each text, which is the EOS only where the EOS is the vocabulary's highest id. Otherwise every text
+    is embedded at another token, without an error."""
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else config_eos
+    if config_eos == LEGACY_EOS_ID:
+        highest = max(tokenizer.get_vocab().values())
+        if eos != highest:
+            raise EncoderFolderError(
+                f"concept encoder {folder}: config.json's text_config.eos_token_id is 2, for which transformers' CLIP "
+                f"pools each text at its highest token id, but the tokenizer's EOS {eos} is not the highest id "
+                f"({highest}): texts would be embedded at the wrong token; set text_config.eos_token_id to {eos}")
+    elif config_eos is not None and eos != config_eos:
+        raise EncoderFolderError(
+            f"concept encoder {folder}: the text tower pools at token {config_eos} (text_config.eos_token_id) but the "
+            f"tokenizer ends texts with {eos}: set text_config.eos_token_id to {eos}, or use the model's tokenizer")

@@ -22,18 +22,33 @@ MANIFEST_SCHEMA = pa.schema([("sample_id", pa.string()), ("source", pa.string())
 
 
 @dataclass
+class SourceMix:
+    """Each image's ``balance.mix`` weight as a source code per image and a weight per source: sliced a chunk of
+    rows at a time (:class:`llava_ov.concepts.balance.Mix`), never a float64 column of 85M rows."""
+
+    source: np.ndarray  # int32 [N]
+    weights: np.ndarray  # float64 [sources]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return self.weights[self.source[rows]]
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
+@dataclass
 class PoolColumns:
     topk: np.ndarray  # int32 [N, k], best first
     source: np.ndarray  # int32 [N], index into ``sources``
     sources: list[str]
     id_hash: np.ndarray  # uint64 [N]
 
-    def mix(self, weights: dict[str, float]) -> np.ndarray:
+    def mix(self, weights: dict[str, float]) -> SourceMix:
         """Each image's source weight (``balance.mix``), refusing a source the mix does not name."""
         unknown = sorted(set(self.sources) - set(weights))
         if unknown:
             raise ValueError(f"params.yaml balance.mix has no weight for source(s) {unknown}")
-        return np.array([float(weights[s]) for s in self.sources], dtype=np.float64)[self.source]
+        return SourceMix(self.source, np.array([float(weights[s]) for s in self.sources], dtype=np.float64))
 
 
 def read_pool(index: Path) -> PoolColumns:

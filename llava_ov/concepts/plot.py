@@ -16,9 +16,8 @@ from llava_ov.concepts.balance import Selection, concept_counts  # noqa: E402
 def plot_concept_frequency(topk: np.ndarray, sel: Selection, n_concepts: int, path: Path) -> None:
     """Rank-frequency curves (log-log) of the pool, the uniform baseline and the balanced selection."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, mask in [("before (pool)", np.ones(len(topk), bool)), ("uniform random", sel.random),
-                       ("after (balanced)", sel.selected)]:
-        freq = np.sort(concept_counts(topk[mask], n_concepts))[::-1]
+    for name, mask in [("before (pool)", None), ("uniform random", sel.random), ("after (balanced)", sel.selected)]:
+        freq = np.sort(concept_counts(topk, n_concepts, mask))[::-1]
         freq = freq[freq > 0]
         ax.loglog(np.arange(1, len(freq) + 1), freq, label=f"{name}: {len(freq)} concepts")
     ax.set_xlabel("concept rank")
