@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llava_ov.concepts import balance
+from llava_ov.concepts import balance, folder
 from llava_ov.concepts.balance import coverage, inverse_frequency, metaclip_threshold, select
 from llava_ov.concepts.draws import id_hashes, uniform
 from llava_ov.concepts.encoder import ImageTextEncoder, new_encoder
@@ -206,6 +207,9 @@ def test_encoder_folders_that_do_not_fit_are_refused(tmp_path):
     with pytest.raises(EncoderFolderError, match=r"legacy.*eos_token_id is 2.*the tokenizer's EOS 0 is not the "
                                                  r"highest id \(280\)"):
         ImageTextEncoder.load(legacy)
+    openai = SimpleNamespace(eos_token_id=49407, get_vocab=lambda: {"a": 320, "<|endoftext|>": 49407})
+    folder._check_pooling(tmp_path, openai, 2)  # OpenAI/MetaCLIP: the legacy 2, and EOS is the highest id
+    folder._check_pooling(tmp_path, openai, 49407)
     elsewhere = _clip_folder(tmp_path / "elsewhere", eos=49407)  # CLIPTextConfig's default: found in no text
     with pytest.raises(EncoderFolderError, match=r"elsewhere: the text tower pools at token 49407 .* the tokenizer "
                                                  r"ends texts with 0"):
