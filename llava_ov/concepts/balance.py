@@ -10,7 +10,7 @@ Two documented rules:
   ``target`` samples.
 
 Every draw is a uniform of (the sample's stored ``id_hash``, seed[, concept]) (:mod:`llava_ov.concepts.draws`), so
-adding samples never changes the draws of existing ones (only the normalisation). Counts are one ``np.bincount``;
+adding samples never changes the draws of existing ones (only the normalisation). Counts are ``np.bincount``s;
 everything else is a few numpy columns (about 50 bytes per image for k = 5: the top-k, ``id_hash``, a source
 code, weight and probability, three flags) and temporaries made a chunk of rows at a time; no Python object per
 image.
@@ -49,12 +49,12 @@ def _chunks(n: int) -> Iterator[slice]:
 
 
 def concept_counts(topk: np.ndarray, n_concepts: int, mask: np.ndarray | None = None) -> np.ndarray:
-    """Images per concept (a concept counts once per image whose top-k holds it), of the images in ``mask``."""
-    if mask is None:
-        return np.bincount(topk.ravel(), minlength=n_concepts)
+    """Images per concept (a concept counts once per image whose top-k holds it), of the images in ``mask``.
+    A chunk at a time: ``np.bincount`` casts its input to int64, which for all of [N, k] int32 is 8k bytes per image."""
     counts = np.zeros(n_concepts, dtype=np.int64)
     for rows in _chunks(len(topk)):
-        counts += np.bincount(topk[rows][mask[rows]].ravel(), minlength=n_concepts)
+        chunk = topk[rows] if mask is None else topk[rows][mask[rows]]
+        counts += np.bincount(chunk.ravel(), minlength=n_concepts)
     return counts
 
 
