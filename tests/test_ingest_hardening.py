@@ -1,10 +1,14 @@
-"""ingest hardening: JSON that is not an object in released shards, and eval images reused from training."""
+"""ingest hardening: JSON that is not an object in released shards, eval images reused from training, and the
+scratch folder of a failed or killed ingest."""
 
 import io
 import tarfile
 
-from llava_ov.artifacts import ArtifactWriter, iter_jsonl
+import pytest
+
+from llava_ov.artifacts import _HOST, ArtifactWriter, iter_jsonl
 from llava_ov.data import ingest, released
+from llava_ov.data.assemble import cache_or_scratch
 from llava_ov.data.sources import Candidate, one_turn
 from tests.test_validate import _image
 
@@ -74,3 +78,28 @@ def test_released_eval_is_checked_against_the_training_pools(tmp_path):
     assert metrics["pools"] == {"align": 3, "eval": 1}
     assert metrics["reject_reasons"] == {"eval image also in a training pool": 2,
                                          "eval sample also in a training pool": 1}
+
+
+def test_ingest_scratch_lives_in_the_writers_folder_and_goes_with_it(tmp_path):
+    """Without a cache, ingest's parts go to a scratch folder inside the artifact writer's temporary folder: gone
+    before the digest on success, gone with the stage's own error on failure, and after a ``kill -9`` removed with
+    the killed writer's folder by the next run (a scratch beside it stayed forever, the size of the whole pool)."""
+    target = tmp_path / "artifacts" / "ingest"
+    with ArtifactWriter(target, "ingest", 1) as w, cache_or_scratch(None, w.dir) as scratch:
+        assert scratch.parent == w.dir.resolve()
+        (scratch / "part-0.tar").write_bytes(b"x")
+        (w.dir / "index.parquet").write_bytes(b"y")
+    assert sorted(w.artifact.meta["files"]) == ["index.parquet"] and not scratch.exists()
+
+    with pytest.raises(ValueError, match="shard 3 is truncated"):
+        with cache_or_scratch(None, tmp_path / "out") as scratch:
+            (scratch / "part-0.tar").write_bytes(b"x")
+            raise ValueError("shard 3 is truncated")
+    assert not scratch.exists()
+
+    killed = target.parent / f".tmp-ingest-4194305-{_HOST}-abc123"  # no pid is that high: a dead writer's
+    (killed / ".parts" / "align").mkdir(parents=True)
+    (killed / ".parts" / "align" / "part-0.tar").write_bytes(b"x")
+    with ArtifactWriter(target, "ingest", 1) as w:
+        (w.dir / "index.parquet").write_bytes(b"y")
+    assert not killed.exists()

@@ -10,7 +10,7 @@ group's rows and the settle step's arrays, never a Python object per sample.
 from __future__ import annotations
 
 import json
-import tempfile
+import shutil
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,13 +47,23 @@ def map_largest_first(engine: Engine, fn: Callable[[J], Any], jobs: Sequence[J],
 
 @contextmanager
 def cache_or_scratch(cache: Path | None, out: Path) -> Iterator[Path]:
-    """``cache`` (kept across runs), or a scratch folder beside ``out``, removed afterwards: on the same
-    filesystem, so parts hard-link into the artifact, and shared with the workers wherever ``out`` is."""
+    """``cache`` (kept across runs), or the scratch folder ``out/.parts``, removed afterwards.
+
+    Inside ``out``: on the same filesystem, so parts hard-link into the artifact; shared with the workers wherever
+    ``out`` is; and, ``out`` being the artifact writer's temporary folder, removed with it by the next run when the
+    stage is killed (``kill -9`` runs no clean-up; a folder beside it would stay forever)."""
     if cache is not None:
         yield Path(cache).resolve()
         return
-    with tempfile.TemporaryDirectory(dir=Path(out).parent, prefix=".parts-") as scratch:
-        yield Path(scratch).resolve()
+    scratch = (Path(out) / ".parts").resolve()
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        yield scratch
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)  # the stage's own error is the one to report
+        raise
+    shutil.rmtree(scratch)
 
 
 @dataclass
